@@ -1,0 +1,111 @@
+"""Request parsing and response helpers shared by every handler."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from listmill.errors import BadRequest, NotFound, UnsupportedMediaType, ValidationFailed
+
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_ID = 2**63 - 1
+
+
+def requires(scope: str) -> Callable[[Handler], Handler]:
+    """Mark a handler as needing an API key with ``scope``."""
+
+    def mark(handler: Handler) -> Handler:
+        handler.listmill_scope = scope  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def public(handler: Handler) -> Handler:
+    """Mark a handler as needing no API key."""
+    handler.listmill_public = True  # type: ignore[attr-defined]
+    return handler
+
+
+def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
+    """Pydantic errors as the envelope's ``details``: one entry per field."""
+    return [
+        {
+            "field": ".".join(str(part) for part in err["loc"]) or "body",
+            "message": err["msg"],
+            "type": err["type"],
+        }
+        for err in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+
+
+def validate(model: type[M], data: Any) -> M:
+    """``model`` from ``data``, or ValidationFailed naming each bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed(details=validation_details(exc)) from exc
+
+
+async def read_json(request: web.Request) -> Any:
+    """The JSON body; 415 for another content type, 400 when it does not parse."""
+    if request.content_type not in ("application/json", "application/octet-stream", ""):
+        raise UnsupportedMediaType("send the body as application/json")
+    raw = await request.read()
+    if not raw:
+        raise BadRequest("a JSON body is required")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    return validate(model, await read_json(request))
+
+
+def parse_query(request: web.Request, model: type[M]) -> M:
+    return validate(model, dict(request.query))
+
+
+def path_id(request: web.Request, name: str = "id") -> int:
+    """A numeric path id; ids out of range are simply not found."""
+    raw = request.match_info[name]
+    if not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
+        raise NotFound()
+    return int(raw)
+
+
+def data_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response({"data": _jsonable(data)}, status=status, headers=headers)
+
+
+def page_response(items: list[Any], meta: dict[str, Any]) -> web.Response:
+    return web.json_response({"data": [_jsonable(i) for i in items], "meta": meta})
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def patch_changes(body: BaseModel, nullable: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The fields a PATCH sent; null clears a field only where the field is nullable."""
+    changes = body.model_dump(exclude_unset=True, mode="json")
+    nulls = sorted(f for f, v in changes.items() if v is None and f not in nullable)
+    if nulls:
+        raise ValidationFailed(
+            f"may not be null: {', '.join(nulls)}",
+            [{"field": f, "message": "may not be null", "type": "null"} for f in nulls],
+        )
+    return changes

@@ -1,0 +1,119 @@
+"""Request models: the shapes the API accepts (responses are listmill.records)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from listmill.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from listmill.records import (
+    BigId,
+    ContactStatus,
+    JobKind,
+    JobStatus,
+    ListStatus,
+    OptInProcess,
+    SequenceStatus,
+    TriggerConfig,
+)
+from listmill.validation import CustomData, Email, ShortText, Text
+
+Name = Annotated[ShortText, Field(min_length=1)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PageQuery(Strict):
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+    cursor: Text | None = None
+
+
+class ContactQuery(PageQuery):
+    email: Annotated[Text, Field(max_length=254)] | None = None
+    status: ContactStatus | None = None
+
+
+class ContactFields(Strict):
+    first_name: ShortText | None = None
+    last_name: ShortText | None = None
+    country: ShortText | None = None
+    time_zone: ShortText | None = None
+    data: CustomData | None = None
+    status: ContactStatus | None = None
+
+
+class ContactUpsert(ContactFields):
+    """POST /contacts: upsert by email."""
+
+    email: Email
+
+
+class ContactPatch(ContactFields):
+    """PATCH /contacts/{id}: only the fields sent change; ``data`` merges."""
+
+    email: Email | None = None
+
+
+class ListQuery(PageQuery):
+    status: ListStatus | None = None
+
+
+class ListCreate(Strict):
+    name: Name
+    description: Annotated[Text, Field(max_length=2000)] | None = None
+    opt_in_process: OptInProcess = OptInProcess.SINGLE
+
+
+class ListPatch(Strict):
+    name: Name | None = None
+    description: Annotated[Text, Field(max_length=2000)] | None = None
+    opt_in_process: OptInProcess | None = None
+    status: ListStatus | None = None
+
+
+class SequenceCreate(Strict):
+    name: Name
+    status: SequenceStatus = SequenceStatus.ACTIVE
+    trigger_config: TriggerConfig
+
+
+class SequencePatch(Strict):
+    name: Name | None = None
+    status: SequenceStatus | None = None
+    trigger_config: TriggerConfig | None = None
+
+
+BulkEmail = Annotated[Text, Field(max_length=320)]
+
+
+class BulkContactsRequest(Strict):
+    """bulk-subscribe, bulk-unsubscribe, bulk-delete: contacts by id or by email."""
+
+    contact_ids: Annotated[list[BigId], Field(min_length=1, max_length=1000)] | None = None
+    emails: Annotated[list[BulkEmail], Field(min_length=1, max_length=1000)] | None = None
+    list_id: BigId | None = None
+    trigger_sequences: bool = True
+
+    @model_validator(mode="after")
+    def _one_identifier(self) -> BulkContactsRequest:
+        if (self.contact_ids is None) == (self.emails is None):
+            raise ValueError("send exactly one of contact_ids or emails")
+        return self
+
+
+class BulkContact(ContactFields):
+    """A contact in a bulk upsert; an invalid email becomes an error row of the job."""
+
+    email: BulkEmail
+
+
+class BulkUpsertRequest(Strict):
+    contacts: Annotated[list[BulkContact], Field(min_length=1, max_length=10_000)]
+
+
+class JobQuery(PageQuery):
+    status: JobStatus | None = None
+    kind: JobKind | None = None

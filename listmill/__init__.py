@@ -1,0 +1,1 @@
+"""listmill: email-audience data with durable bulk jobs."""

@@ -1,0 +1,196 @@
+"""The `listmill` command: the composition root that wires settings to the web and worker."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from listmill.db import Connection, apply_schema, create_database
+from listmill.logs import configure_logging
+from listmill.settings import Settings
+
+log = structlog.get_logger(__name__)
+DEMO_PROJECT = "demo"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="listmill", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="create the database if missing and apply schema.sql")
+    sub.add_parser("web", help="run the HTTP API")
+    sub.add_parser("worker", help="run a job worker (all lanes unless WORKER_LANES is set)")
+    sub.add_parser("run", help="find or start Postgres and Redis, then run web + worker")
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys", required=True)
+    create = keys.add_parser("create", help="create a key and print it (only the key)")
+    create.add_argument("--project", required=True, help="project name (created if missing)")
+    create.add_argument("--scopes", help="comma-separated scopes: makes a restricted rk_ key")
+    revoke = keys.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key", help="the key, or its visible prefix (first 11 characters)")
+    return parser
+
+
+async def _with_connection(settings: Settings) -> Connection:
+    import asyncpg
+
+    return await asyncpg.connect(settings.database_url)
+
+
+async def _create_key(settings: Settings, project: str, scopes: list[str] | None) -> str:
+    from listmill.queries.keys import ensure_project
+    from listmill.services.keys import create_key
+
+    conn = await _with_connection(settings)
+    try:
+        async with conn.transaction():
+            project_id, _ = await ensure_project(conn, project)
+            return await create_key(conn, project_id, scopes)
+    finally:
+        await conn.close()
+
+
+async def _revoke_key(settings: Settings, key: str) -> bool:
+    from listmill.queries.keys import revoke_key
+
+    conn = await _with_connection(settings)
+    try:
+        return await revoke_key(conn, key[:11])
+    finally:
+        await conn.close()
+
+
+async def _demo_key(settings: Settings) -> str | None:
+    """A secret key for the demo project, made only when the project is new."""
+    from listmill.queries.keys import ensure_project
+    from listmill.services.keys import create_key
+
+    conn = await _with_connection(settings)
+    try:
+        async with conn.transaction():
+            project_id, created = await ensure_project(conn, DEMO_PROJECT)
+            return await create_key(conn, project_id, None) if created else None
+    finally:
+        await conn.close()
+
+
+def _run_all(settings: Settings) -> int:
+    """Find or start Postgres and Redis, migrate, then run web + worker until Ctrl-C."""
+    from listmill.devservices import ServiceUnavailable, ensure_services
+
+    explicit = settings.model_fields_set
+    try:
+        services = ensure_services(
+            settings.database_url if "database_url" in explicit else None,
+            settings.redis_url if "redis_url" in explicit else None,
+            embedded=settings.listmill_embedded,
+            data_dir=settings.listmill_data_dir.resolve(),
+        )
+    except ServiceUnavailable as exc:
+        print(f"listmill: {exc}", file=sys.stderr)
+        return 2
+    try:
+        settings = settings.model_copy(
+            update={"database_url": services.database_url, "redis_url": services.redis_url}
+        )
+        asyncio.run(apply_schema(settings.database_url))
+        key = asyncio.run(_demo_key(settings))
+        _announce(settings, key)
+        return _supervise(settings)
+    finally:
+        services.stop()
+
+
+def _announce(settings: Settings, key: str | None) -> None:
+    print(f"listmill: Postgres {settings.database_url}", file=sys.stderr)
+    print(f"listmill: Redis    {settings.redis_url}", file=sys.stderr)
+    if key:
+        print(f"listmill: demo project created; its secret API key (shown once):\n\n  {key}\n")
+    print(
+        f"listmill: API on http://localhost:{settings.port}/api/v1 (Ctrl-C stops)", file=sys.stderr
+    )
+    sys.stdout.flush()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _supervise(settings: Settings) -> int:
+    """Run `listmill web` and `listmill worker` as children; stop both on Ctrl-C or exit."""
+    env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}
+    children = [
+        subprocess.Popen([sys.executable, "-m", "listmill.cli", role], env=env)
+        for role in ("web", "worker")
+    ]
+    signal.signal(signal.SIGTERM, _interrupt)
+    status = 0
+    try:
+        while all(child.poll() is None for child in children):
+            try:
+                children[0].wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
+        status = 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    return status
+
+
+def _run_web(settings: Settings) -> int:
+    from aiohttp import web
+
+    from api.app import create_app
+
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None)
+    return 0
+
+
+def _run_worker(settings: Settings) -> int:
+    from worker.settings import run_worker
+
+    run_worker(settings)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    configure_logging(settings)
+    if args.command == "migrate":
+        asyncio.run(create_database(settings.database_url))
+        asyncio.run(apply_schema(settings.database_url))
+        log.info("schema_applied")
+        return 0
+    if args.command == "keys" and args.keys == "create":
+        scopes = [s.strip() for s in args.scopes.split(",")] if args.scopes else None
+        try:
+            print(asyncio.run(_create_key(settings, args.project, scopes)))
+        except ValueError as exc:
+            print(f"listmill: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "keys":
+        revoked = asyncio.run(_revoke_key(settings, args.key))
+        print("revoked" if revoked else "no active key with that prefix", file=sys.stderr)
+        return 0 if revoked else 1
+    runners = {"web": _run_web, "worker": _run_worker, "run": _run_all}
+    return runners[args.command](settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The asyncpg pool and the applying of schema.sql."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import TypeAlias
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from listmill.settings import Settings
+
+Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+
+
+async def _init_connection(conn: Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(settings: Settings) -> Pool:
+    """A pool whose connections decode json/jsonb to Python values."""
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        statement_cache_size=settings.db_statement_cache_size,
+        init=_init_connection,
+    )
+    assert pool is not None
+    return pool
+
+
+def schema_sql() -> str:
+    """The text of schema.sql, shipped inside the package."""
+    return resources.files("listmill").joinpath("schema.sql").read_text()
+
+
+async def apply_schema(database_url: str) -> None:
+    """Apply schema.sql; idempotent, so it runs on every start."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("SELECT pg_advisory_lock(4242)")
+        await conn.execute(schema_sql())
+    finally:
+        await conn.close()
+
+
+async def create_database(database_url: str) -> bool:
+    """Create the database named in ``database_url`` if it does not exist; True if created."""
+    params = urlsplit(database_url)
+    name = params.path.lstrip("/") or "postgres"
+    maintenance = urlunsplit(params._replace(path="/postgres"))
+    conn = await asyncpg.connect(maintenance)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if exists:
+            return False
+        quoted = '"' + name.replace('"', '""') + '"'
+        try:
+            await conn.execute(f"CREATE DATABASE {quoted}")
+        except asyncpg.DuplicateDatabaseError:
+            return False
+        return True
+    finally:
+        await conn.close()

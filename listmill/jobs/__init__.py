@@ -1,0 +1,1 @@
+"""Durable jobs: submission (web side) and the wake-up messages both sides send."""

@@ -1,0 +1,33 @@
+"""Waking a worker: the arq message carries only the job id; Postgres holds the rest."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from arq.connections import ArqRedis
+
+from listmill.settings import Lane, Settings
+
+RUN_JOB = "run_job"
+
+
+async def wake_worker(
+    redis: ArqRedis,
+    settings: Settings,
+    job_id: UUID,
+    lane: str,
+    next_attempt: int,
+    delay: float = 0,
+) -> None:
+    """Enqueue the wake-up for ``next_attempt`` of a job.
+
+    The arq id names the attempt, so a re-enqueue after a crash is never refused as a
+    duplicate, while two wake-ups for the same attempt collapse into one.
+    """
+    await redis.enqueue_job(
+        RUN_JOB,
+        str(job_id),
+        _job_id=f"{job_id}:{next_attempt}",
+        _queue_name=settings.lane_queue(Lane(lane)),
+        _defer_by=delay or None,
+    )

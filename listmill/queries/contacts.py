@@ -1,0 +1,223 @@
+"""SQL for contacts: reads, the single-contact writes, and the set-based merge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from listmill.db import Connection
+from listmill.errors import Conflict
+from listmill.records import Contact
+
+COLUMNS = (
+    "id, email, first_name, last_name, country, time_zone, data, status, created_at, updated_at"
+)
+FIELDS = ("first_name", "last_name", "country", "time_zone")
+
+
+def _filters(email: str | None, status: str | None) -> tuple[str, list[Any]]:
+    clauses, args = [], []
+    if email:
+        escaped = email.strip().lower()
+        for special in ("\\", "%", "_"):
+            escaped = escaped.replace(special, "\\" + special)
+        args.append(f"%{escaped}%")
+        clauses.append(f"email_normalized LIKE ${len(args) + 1}")
+    if status:
+        args.append(status)
+        clauses.append(f"status = ${len(args) + 1}")
+    return "".join(f" AND {c}" for c in clauses), args
+
+
+async def list_contacts(
+    conn: Connection,
+    project_id: int,
+    *,
+    email: str | None,
+    status: str | None,
+    after_id: int | None,
+    limit: int,
+) -> list[Contact]:
+    """Contacts by ascending id after ``after_id``; ``limit + 1`` rows tell if more follow."""
+    where, args = _filters(email, status)
+    rows = await conn.fetch(
+        f"""
+        SELECT {COLUMNS} FROM contacts
+        WHERE project_id = $1{where} AND id > ${len(args) + 2}
+        ORDER BY id LIMIT ${len(args) + 3}
+        """,
+        project_id,
+        *args,
+        after_id or 0,
+        limit + 1,
+    )
+    return [Contact.of(r) for r in rows]
+
+
+async def count_contacts(
+    conn: Connection, project_id: int, *, email: str | None, status: str | None
+) -> int:
+    where, args = _filters(email, status)
+    total = await conn.fetchval(
+        f"SELECT count(*) FROM contacts WHERE project_id = $1{where}", project_id, *args
+    )
+    return int(total)
+
+
+async def get_contact(conn: Connection, project_id: int, contact_id: int) -> Contact | None:
+    row = await conn.fetchrow(
+        f"SELECT {COLUMNS} FROM contacts WHERE project_id = $1 AND id = $2", project_id, contact_id
+    )
+    return Contact.of(row) if row else None
+
+
+async def get_contact_by_email(
+    conn: Connection, project_id: int, email_normalized: str
+) -> Contact | None:
+    row = await conn.fetchrow(
+        f"SELECT {COLUMNS} FROM contacts WHERE project_id = $1 AND email_normalized = $2",
+        project_id,
+        email_normalized,
+    )
+    return Contact.of(row) if row else None
+
+
+# The one merge of contacts, for a single POST and for every bulk batch. Input rows are a JSON
+# array; within it the last row of an email wins. Given (non-null) fields overwrite, `data` merges
+# key by key, and a row that would change nothing is not updated (updated_at stays). A contact's
+# marketing status is only ever moved away from `subscribed` by a merge: re-subscribing someone
+# who unsubscribed, bounced or complained takes an explicit PATCH or bulk-subscribe.
+MERGE_CONTACTS = """
+WITH input AS (
+    SELECT DISTINCT ON (r.email_normalized) r.*
+    FROM ROWS FROM (
+             jsonb_to_recordset($2::jsonb)
+             AS (email text, email_normalized text, first_name text, last_name text,
+                 country text, time_zone text, data jsonb, status text)
+         ) WITH ORDINALITY
+         AS r(email, email_normalized, first_name, last_name, country, time_zone, data, status,
+              ord)
+    ORDER BY r.email_normalized, r.ord DESC
+)
+INSERT INTO contacts AS c
+    (project_id, email, email_normalized, first_name, last_name, country, time_zone, data, status)
+SELECT $1, email, email_normalized, first_name, last_name, country, time_zone,
+       COALESCE(data, '{}'::jsonb), COALESCE(status, 'subscribed')
+FROM input
+ON CONFLICT (project_id, email_normalized) DO UPDATE SET
+    first_name = COALESCE(EXCLUDED.first_name, c.first_name),
+    last_name = COALESCE(EXCLUDED.last_name, c.last_name),
+    country = COALESCE(EXCLUDED.country, c.country),
+    time_zone = COALESCE(EXCLUDED.time_zone, c.time_zone),
+    data = c.data || EXCLUDED.data,
+    status = CASE WHEN EXCLUDED.status = 'subscribed' THEN c.status ELSE EXCLUDED.status END,
+    updated_at = now()
+WHERE (c.first_name, c.last_name, c.country, c.time_zone, c.data, c.status)
+      IS DISTINCT FROM
+      (COALESCE(EXCLUDED.first_name, c.first_name), COALESCE(EXCLUDED.last_name, c.last_name),
+       COALESCE(EXCLUDED.country, c.country), COALESCE(EXCLUDED.time_zone, c.time_zone),
+       c.data || EXCLUDED.data,
+       CASE WHEN EXCLUDED.status = 'subscribed' THEN c.status ELSE EXCLUDED.status END)
+RETURNING c.id, c.email_normalized, (xmax = 0) AS created
+"""
+
+
+async def merge_contacts(
+    conn: Connection, project_id: int, rows: list[dict[str, Any]]
+) -> list[tuple[int, str, bool]]:
+    """Merge normalised contact rows; returns (id, email_normalized, created) of changed rows.
+
+    Rows absent from the result were unchanged. Set-based: one statement for the whole batch.
+    """
+    result = await conn.fetch(MERGE_CONTACTS, project_id, rows)
+    return [(int(r["id"]), str(r["email_normalized"]), bool(r["created"])) for r in result]
+
+
+async def update_contact(
+    conn: Connection, project_id: int, contact_id: int, changes: dict[str, Any]
+) -> Contact | None:
+    """Apply a PATCH; ``data`` merges. Raises Conflict if the new email is taken."""
+    if not changes:
+        return await get_contact(conn, project_id, contact_id)
+    sets, args = [], [project_id, contact_id]
+    for column, value in changes.items():
+        args.append(value)
+        expression = f"data || ${len(args)}" if column == "data" else f"${len(args)}"
+        sets.append(f"{column} = {expression}")
+    assignments = ", ".join(sets)
+    changed = " OR ".join(f"{s.split(' = ')[0]} IS DISTINCT FROM {s.split(' = ')[1]}" for s in sets)
+    try:
+        row = await conn.fetchrow(
+            f"""
+            UPDATE contacts SET {assignments}, updated_at = now()
+            WHERE project_id = $1 AND id = $2 AND ({changed})
+            RETURNING {COLUMNS}
+            """,
+            *args,
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise Conflict("another contact already has this email") from exc
+    if row is None:
+        return await get_contact(conn, project_id, contact_id)
+    return Contact.of(row)
+
+
+async def delete_contact(conn: Connection, project_id: int, contact_id: int) -> bool:
+    status = await conn.execute(
+        "DELETE FROM contacts WHERE project_id = $1 AND id = $2", project_id, contact_id
+    )
+    return bool(status == "DELETE 1")
+
+
+async def find_by_ids(conn: Connection, project_id: int, ids: list[int]) -> dict[int, str]:
+    """The project's contacts among ``ids``: id -> marketing status. Others are absent."""
+    rows = await conn.fetch(
+        "SELECT id, status FROM contacts WHERE project_id = $1 AND id = ANY($2::bigint[])",
+        project_id,
+        ids,
+    )
+    return {r["id"]: r["status"] for r in rows}
+
+
+async def find_by_emails(
+    conn: Connection, project_id: int, emails_normalized: list[str]
+) -> dict[str, tuple[int, str]]:
+    """The project's contacts among these emails: email -> (id, marketing status)."""
+    rows = await conn.fetch(
+        """
+        SELECT id, email_normalized, status FROM contacts
+        WHERE project_id = $1 AND email_normalized = ANY($2::text[])
+        """,
+        project_id,
+        emails_normalized,
+    )
+    return {r["email_normalized"]: (r["id"], r["status"]) for r in rows}
+
+
+async def set_status(
+    conn: Connection, project_id: int, ids: list[int], status: str, from_statuses: tuple[str, ...]
+) -> set[int]:
+    """Move contacts whose status is one of ``from_statuses`` to ``status``; the ids moved."""
+    rows = await conn.fetch(
+        """
+        UPDATE contacts SET status = $3, updated_at = now()
+        WHERE project_id = $1 AND id = ANY($2::bigint[]) AND status = ANY($4::text[])
+        RETURNING id
+        """,
+        project_id,
+        ids,
+        status,
+        list(from_statuses),
+    )
+    return {r["id"] for r in rows}
+
+
+async def delete_contacts(conn: Connection, project_id: int, ids: list[int]) -> set[int]:
+    """Delete contacts (memberships and enrollments go with them); the ids deleted."""
+    rows = await conn.fetch(
+        "DELETE FROM contacts WHERE project_id = $1 AND id = ANY($2::bigint[]) RETURNING id",
+        project_id,
+        ids,
+    )
+    return {r["id"] for r in rows}

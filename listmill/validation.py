@@ -1,0 +1,65 @@
+"""Value rules shared by the API models and the job runners."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, Field
+
+MAX_EMAIL_LENGTH = 254
+MAX_FIELD_LENGTH = 255
+MAX_DATA_KEYS = 100
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _clean_data(value: dict[str, Any]) -> dict[str, Any]:
+    if len(value) > MAX_DATA_KEYS:
+        raise ValueError(f"at most {MAX_DATA_KEYS} custom fields")
+    _reject_nul(value)
+    return value
+
+
+def _reject_nul(value: Any) -> None:
+    """Postgres text and jsonb cannot hold U+0000, so no value may carry it."""
+    if isinstance(value, str):
+        _no_nul(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key)
+            _reject_nul(item)
+    elif isinstance(value, list):
+        for item in value:
+            _reject_nul(item)
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+ShortText = Annotated[str, Field(max_length=MAX_FIELD_LENGTH), AfterValidator(_no_nul)]
+CustomData = Annotated[dict[str, Any], AfterValidator(_clean_data)]
+
+
+def normalize_email(raw: str) -> tuple[str, str]:
+    """The email as given (trimmed) and its identity (lower-cased); raises ValueError."""
+    email = raw.strip()
+    if not email:
+        raise ValueError("email is required")
+    if len(email) > MAX_EMAIL_LENGTH:
+        raise ValueError(f"email is longer than {MAX_EMAIL_LENGTH} characters")
+    _no_nul(email)
+    try:
+        validate_email(email, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"invalid email: {exc}") from exc
+    return email, email.lower()
+
+
+def _email(value: str) -> str:
+    return normalize_email(value)[0]
+
+
+Email = Annotated[str, AfterValidator(_email)]

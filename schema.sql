@@ -1,0 +1,201 @@
+-- listmill data model (SPEC §2). Idempotent: applied on every start by `listmill migrate`.
+-- Every tenant-owned row carries project_id and every query is scoped by it.
+
+CREATE TABLE IF NOT EXISTS projects (
+    id          bigserial PRIMARY KEY,
+    name        text NOT NULL UNIQUE,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS api_keys (
+    id            bigserial PRIMARY KEY,
+    project_id    bigint NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+    kind          text NOT NULL CHECK (kind IN ('secret', 'restricted')),
+    prefix        text NOT NULL,                 -- visible part, e.g. sk_3f9a1c2b
+    secret_hash   bytea NOT NULL UNIQUE,         -- sha256 of the whole key; the key is never stored
+    scopes        text[] NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    last_used_at  timestamptz,
+    revoked_at    timestamptz
+);
+CREATE INDEX IF NOT EXISTS api_keys_project ON api_keys (project_id);
+
+CREATE TABLE IF NOT EXISTS contacts (
+    id                bigserial PRIMARY KEY,
+    project_id        bigint NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+    email             text NOT NULL,              -- as given (trimmed)
+    email_normalized  text NOT NULL,              -- trimmed, lower-cased: the identity
+    first_name        text,
+    last_name         text,
+    country           text,
+    time_zone         text,
+    data              jsonb NOT NULL DEFAULT '{}'::jsonb,
+    status            text NOT NULL DEFAULT 'subscribed'
+                      CHECK (status IN ('subscribed', 'unsubscribed', 'bounced', 'complained')),
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT contacts_project_email_key UNIQUE (project_id, email_normalized)
+);
+CREATE INDEX IF NOT EXISTS contacts_project_id ON contacts (project_id, id);
+
+CREATE TABLE IF NOT EXISTS lists (
+    id              bigserial PRIMARY KEY,
+    project_id      bigint NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+    name            text NOT NULL,
+    description     text,
+    opt_in_process  text NOT NULL DEFAULT 'single' CHECK (opt_in_process IN ('single', 'double')),
+    status          text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'archived')),
+    member_count    integer NOT NULL DEFAULT 0,   -- members subscribed or confirmed, kept exact
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT lists_project_name_key UNIQUE (project_id, name)
+);
+CREATE INDEX IF NOT EXISTS lists_project_id ON lists (project_id, id);
+
+CREATE TABLE IF NOT EXISTS list_memberships (
+    list_id               bigint NOT NULL REFERENCES lists (id) ON DELETE CASCADE,
+    contact_id            bigint NOT NULL REFERENCES contacts (id) ON DELETE CASCADE,
+    project_id            bigint NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+    status                text NOT NULL CHECK (status IN ('pending', 'subscribed', 'confirmed',
+                              'unsubscribed', 'bounced', 'complained', 'cleaned')),
+    source                text NOT NULL DEFAULT 'api'
+                          CHECK (source IN ('manual', 'import', 'api', 'form', 'migration')),
+    subscribed_at         timestamptz,
+    confirmed_at          timestamptz,
+    unsubscribed_at       timestamptz,
+    consent_source        text,
+    consent_text_version  text,
+    consent_ip            inet,                   -- anonymised: IPv4 /24, IPv6 /48
+    created_at            timestamptz NOT NULL DEFAULT now(),
+    updated_at            timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (list_id, contact_id)
+);
+CREATE INDEX IF NOT EXISTS list_memberships_contact ON list_memberships (contact_id);
+CREATE INDEX IF NOT EXISTS list_memberships_list_status ON list_memberships (list_id, status, contact_id);
+
+CREATE TABLE IF NOT EXISTS sequences (
+    id              bigserial PRIMARY KEY,
+    project_id      bigint NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+    name            text NOT NULL,
+    status          text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'paused')),
+    trigger_config  jsonb NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS sequences_project_id ON sequences (project_id, id);
+CREATE INDEX IF NOT EXISTS sequences_trigger_list
+    ON sequences (project_id, ((trigger_config ->> 'list_id')))
+    WHERE status = 'active' AND trigger_config ->> 'type' = 'list_added';
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id                   uuid PRIMARY KEY,
+    project_id           bigint NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+    kind                 text NOT NULL CHECK (kind IN ('import', 'bulk_upsert', 'bulk_subscribe',
+                             'bulk_unsubscribe', 'bulk_delete', 'add_members', 'remove_members')),
+    lane                 text NOT NULL CHECK (lane IN ('small', 'large')),
+    status               text NOT NULL DEFAULT 'queued'
+                         CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+    params               jsonb NOT NULL,          -- the request, as validated
+    payload              jsonb,                   -- the rows to apply (ids, emails, contacts)
+    total                integer,
+    processed            integer NOT NULL DEFAULT 0,
+    counts               jsonb NOT NULL DEFAULT '{}'::jsonb,
+    checkpoint           integer NOT NULL DEFAULT 0,   -- items committed so far
+    attempts             integer NOT NULL DEFAULT 0,
+    max_attempts         integer NOT NULL,
+    cancel_requested     boolean NOT NULL DEFAULT false,
+    lease_token          uuid,                    -- the claim of the worker running it
+    lease_expires_at     timestamptz,
+    heartbeat_at         timestamptz,
+    worker_id            text,
+    run_after            timestamptz,             -- backoff: not to be started before this
+    errors_count         integer NOT NULL DEFAULT 0,
+    errors_truncated     boolean NOT NULL DEFAULT false,
+    error                text,
+    rows_per_second      double precision,
+    created_at           timestamptz NOT NULL DEFAULT now(),
+    enqueued_at          timestamptz,
+    started_at           timestamptz,
+    updated_at           timestamptz NOT NULL DEFAULT now(),
+    finished_at          timestamptz
+);
+CREATE INDEX IF NOT EXISTS jobs_project_created ON jobs (project_id, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (status, lane, created_at)
+    WHERE status IN ('queued', 'running');
+CREATE INDEX IF NOT EXISTS jobs_finished_at ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    project_id    bigint NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+    key           text NOT NULL,
+    fingerprint   text NOT NULL,                  -- sha256 of method, path and body
+    job_id        uuid NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (project_id, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created_at);
+
+CREATE TABLE IF NOT EXISTS job_errors (
+    job_id      uuid NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    seq         integer NOT NULL,                 -- order of the report
+    row_number  integer,                          -- 1-based item or CSV row number
+    email       text,
+    code        text NOT NULL,
+    message     text NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+
+CREATE TABLE IF NOT EXISTS job_file_chunks (
+    job_id  uuid NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    seq     integer NOT NULL,
+    data    bytea NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+
+CREATE TABLE IF NOT EXISTS sequence_enrollments (
+    sequence_id  bigint NOT NULL REFERENCES sequences (id) ON DELETE CASCADE,
+    contact_id   bigint NOT NULL REFERENCES contacts (id) ON DELETE CASCADE,
+    project_id   bigint NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+    status       text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'completed', 'exited')),
+    enrolled_at  timestamptz NOT NULL DEFAULT now(),
+    job_id       uuid REFERENCES jobs (id) ON DELETE SET NULL,
+    PRIMARY KEY (sequence_id, contact_id)
+);
+CREATE INDEX IF NOT EXISTS sequence_enrollments_contact ON sequence_enrollments (contact_id);
+
+-- lists.member_count stays exact through every statement that changes memberships, cascades
+-- included: statement-level triggers apply one aggregated delta per list and statement.
+CREATE OR REPLACE FUNCTION list_member_count_sync() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        UPDATE lists l SET member_count = l.member_count + d.n
+        FROM (SELECT list_id, count(*) AS n FROM new_rows
+              WHERE status IN ('subscribed', 'confirmed') GROUP BY list_id ORDER BY list_id) d
+        WHERE l.id = d.list_id;
+    ELSIF TG_OP = 'DELETE' THEN
+        UPDATE lists l SET member_count = l.member_count - d.n
+        FROM (SELECT list_id, count(*) AS n FROM old_rows
+              WHERE status IN ('subscribed', 'confirmed') GROUP BY list_id ORDER BY list_id) d
+        WHERE l.id = d.list_id;
+    ELSE
+        UPDATE lists l SET member_count = l.member_count + d.n
+        FROM (SELECT list_id, sum(delta) AS n FROM (
+                  SELECT list_id, 1 AS delta FROM new_rows
+                  WHERE status IN ('subscribed', 'confirmed')
+                  UNION ALL
+                  SELECT list_id, -1 FROM old_rows WHERE status IN ('subscribed', 'confirmed')
+              ) changes GROUP BY list_id HAVING sum(delta) <> 0 ORDER BY list_id) d
+        WHERE l.id = d.list_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER list_memberships_count_insert AFTER INSERT ON list_memberships
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION list_member_count_sync();
+CREATE OR REPLACE TRIGGER list_memberships_count_update AFTER UPDATE ON list_memberships
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION list_member_count_sync();
+CREATE OR REPLACE TRIGGER list_memberships_count_delete AFTER DELETE ON list_memberships
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION list_member_count_sync();

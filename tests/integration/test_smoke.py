@@ -1,0 +1,34 @@
+"""The service end to end: health, a contact, and a bulk job run by a worker."""
+
+from __future__ import annotations
+
+from tests.conftest import Api, RunJobs, wait_for_job
+
+
+async def test_healthz_needs_no_key(api: Api) -> None:
+    response = await api.client.get("/healthz")
+    assert response.status == 200
+    assert (await response.json())["data"]["status"] == "ok"
+
+
+async def test_readyz_reports_both_services(api: Api) -> None:
+    response = await api.client.get("/readyz")
+    assert response.status == 200
+    assert (await response.json())["data"]["checks"] == {"postgres": "ok", "redis": "ok"}
+
+
+async def test_contact_upsert_then_bulk_unsubscribe(api: Api, run_jobs: RunJobs) -> None:
+    status, body = await api.post("/contacts", {"email": "Ann@Example.com", "first_name": "Ann"})
+    assert status == 201, body
+    contact_id = body["data"]["id"]
+
+    status, body = await api.post("/contacts/bulk-unsubscribe", {"contact_ids": [contact_id, 999]})
+    assert status == 202, body
+    job_id = body["data"]["id"]
+
+    await run_jobs()
+    job = await wait_for_job(api, job_id)
+    assert job["status"] == "succeeded"
+    assert job["counts"] == {"unsubscribed": 1, "not_found": 1}
+    status, body = await api.get(f"/contacts/{contact_id}")
+    assert body["data"]["status"] == "unsubscribed"

@@ -1,0 +1,65 @@
+"""Pure rules: cursors, email normalisation, CSV neutralising, the error envelope."""
+
+from __future__ import annotations
+
+import pytest
+
+from api.handlers.jobs import neutralise
+from listmill.errors import Conflict, NotFound, ValidationFailed
+from listmill.pagination import decode_cursor, decode_id_cursor, encode_cursor
+from listmill.validation import normalize_email
+
+
+def test_cursor_round_trip() -> None:
+    assert decode_cursor(encode_cursor([42, "x"])) == [42, "x"]
+    assert decode_id_cursor(encode_cursor([42])) == 42
+
+
+@pytest.mark.parametrize("forged", ["!!!", "bm90IGpzb24", encode_cursor(["a"]), encode_cursor([0])])
+def test_forged_cursor_is_a_validation_error(forged: str) -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        decode_id_cursor(forged)
+    assert caught.value.details[0]["field"] == "cursor"
+
+
+def test_email_is_trimmed_and_its_identity_lower_cased() -> None:
+    assert normalize_email("  Ann.Lee@Example.COM ") == (
+        "Ann.Lee@Example.COM",
+        "ann.lee@example.com",
+    )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "   ", "no-at-sign", "a@", "@b.com", "a b@c.com", "x@" + "a" * 250 + ".com", "a\x00@b.co"],
+)
+def test_invalid_emails_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        normalize_email(bad)
+
+
+@pytest.mark.parametrize(
+    ("cell", "shown"),
+    [
+        ("=SUM(A1)", "'=SUM(A1)"),
+        ("+1", "'+1"),
+        ("-2", "'-2"),
+        ("@x", "'@x"),
+        ("plain", "plain"),
+        (None, ""),
+    ],
+)
+def test_formula_like_cells_are_neutralised(cell: str | None, shown: str) -> None:
+    assert neutralise(cell) == shown
+
+
+def test_error_envelope_carries_code_message_details() -> None:
+    assert NotFound("list not found").body() == {
+        "error": {"code": "not_found", "message": "list not found", "details": []}
+    }
+    assert Conflict().status == 409
+    failure = ValidationFailed.on("email", "invalid")
+    assert failure.status == 422
+    assert failure.body()["error"]["details"] == [
+        {"field": "email", "message": "invalid", "type": "invalid"}
+    ]

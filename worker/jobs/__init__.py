@@ -1,0 +1,16 @@
+"""Job kinds: each maps to the function that applies one batch of its items."""
+
+from __future__ import annotations
+
+from listmill.records import JobKind
+
+from .base import ApplyBatch
+from .bulk_status import apply_bulk_status
+from .bulk_upsert import apply_bulk_upsert
+
+BATCH_APPLIERS: dict[JobKind, ApplyBatch] = {
+    JobKind.BULK_SUBSCRIBE: apply_bulk_status,
+    JobKind.BULK_UNSUBSCRIBE: apply_bulk_status,
+    JobKind.BULK_DELETE: apply_bulk_status,
+    JobKind.BULK_UPSERT: apply_bulk_upsert,
+}

@@ -1,0 +1,116 @@
+"""bulk_subscribe, bulk_unsubscribe and bulk_delete: by contact ids or emails, on the contact
+itself or, with ``list_id``, on its membership of that list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from listmill.db import Connection
+from listmill.queries import contacts as contact_queries
+from listmill.queries import memberships as member_queries
+from listmill.records import JobKind, JobRow
+from listmill.validation import normalize_email
+
+from .base import BatchOutcome
+
+NOT_FOUND = "no contact with this id or email in this project"
+
+
+async def _resolve(
+    conn: Connection, job: JobRow, items: list[Any], first: int, outcome: BatchOutcome
+) -> list[int]:
+    """The project's contact ids for these items; the rest are counted not_found."""
+    if job.params["identify_by"] == "contact_ids":
+        found = await contact_queries.find_by_ids(conn, job.project_id, items)
+        for offset, contact_id in enumerate(items):
+            if contact_id not in found:
+                outcome.error(first + offset, None, "not_found", f"{NOT_FOUND}: {contact_id}")
+        return [i for i in items if i in found]
+    normalized: dict[int, str] = {}
+    for offset, raw in enumerate(items):
+        try:
+            normalized[offset] = normalize_email(raw)[1]
+        except ValueError as exc:
+            outcome.error(first + offset, raw[:320], "invalid_email", str(exc))
+    by_email = await contact_queries.find_by_emails(conn, job.project_id, list(normalized.values()))
+    ids = []
+    for offset, email in normalized.items():
+        if email in by_email:
+            ids.append(by_email[email][0])
+        else:
+            outcome.error(first + offset, email, "not_found", NOT_FOUND)
+    return ids
+
+
+def _count_errors(outcome: BatchOutcome) -> None:
+    for _, _, code, _ in outcome.errors:
+        outcome.counts["invalid" if code == "invalid_email" else "not_found"] += 1
+
+
+async def apply_bulk_status(
+    conn: Connection, job: JobRow, items: list[Any], first: int
+) -> BatchOutcome:
+    outcome = BatchOutcome()
+    ids = await _resolve(conn, job, items, first, outcome)
+    _count_errors(outcome)
+    if ids:
+        list_id = job.params.get("list_id")
+        if list_id is None:
+            await _apply_to_contacts(conn, job, ids, outcome)
+        else:
+            await _apply_to_memberships(conn, job, list_id, ids, outcome)
+    return outcome
+
+
+async def _apply_to_contacts(
+    conn: Connection, job: JobRow, ids: list[int], outcome: BatchOutcome
+) -> None:
+    if job.kind is JobKind.BULK_DELETE:
+        outcome.counts["deleted"] += len(
+            await contact_queries.delete_contacts(conn, job.project_id, ids)
+        )
+        return
+    if job.kind is JobKind.BULK_SUBSCRIBE:
+        # an explicit re-subscribe; bounced and complained addresses stay suppressed
+        status, label, movable = "subscribed", "subscribed", ("unsubscribed",)
+    else:
+        status, label, movable = "unsubscribed", "unsubscribed", ("subscribed",)
+    before = await contact_queries.find_by_ids(conn, job.project_id, ids)
+    moved = await contact_queries.set_status(conn, job.project_id, ids, status, movable)
+    for contact_id in ids:
+        if contact_id in moved:
+            outcome.counts[label] += 1
+        elif before.get(contact_id) == status or job.kind is JobKind.BULK_UNSUBSCRIBE:
+            outcome.counts["unchanged"] += 1
+        else:
+            outcome.counts["skipped"] += 1
+
+
+async def _apply_to_memberships(
+    conn: Connection, job: JobRow, list_id: int, ids: list[int], outcome: BatchOutcome
+) -> None:
+    if job.kind is JobKind.BULK_DELETE:
+        removed = await member_queries.delete_members(conn, list_id, ids)
+        outcome.counts["deleted"] += len(removed)
+        outcome.counts["skipped"] += len(ids) - len(removed)
+        return
+    if job.kind is JobKind.BULK_UNSUBSCRIBE:
+        result = await member_queries.unsubscribe_members(conn, list_id, ids)
+        for before, changed in result.values():
+            key = "unsubscribed" if changed else ("skipped" if before is None else "unchanged")
+            outcome.counts[key] += 1
+        return
+    result = await member_queries.subscribe_members(conn, job.project_id, list_id, ids, "api")
+    newly = [cid for cid, (_, changed) in result.items() if changed]
+    for before, changed in result.values():
+        key = (
+            "subscribed"
+            if changed
+            else ("unchanged" if before in member_queries.ACTIVE else "skipped")
+        )
+        outcome.counts[key] += 1
+    if job.params.get("trigger_sequences", True):
+        enrolled = await member_queries.enroll_in_list_sequences(
+            conn, job.project_id, list_id, newly, job.id
+        )
+        outcome.counts["enrolled"] += enrolled

@@ -1,0 +1,190 @@
+"""The job engine: claim a job in Postgres, apply it batch by batch, each batch committed with
+the job's counters and checkpoint, and end it. arq only delivers the wake-up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import Counter
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+import redis.exceptions
+import structlog
+
+from listmill.jobs.queue import wake_worker
+from listmill.queries import jobs as queries
+from listmill.records import JobRow, JobStatus
+from listmill.settings import Settings
+from worker.context import WorkerContext
+from worker.jobs import BATCH_APPLIERS
+
+log = structlog.get_logger(__name__)
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
+class LeaseLost(Exception):
+    """Another worker took this job over: stop without committing anything more."""
+
+
+class JobCancelled(Exception):
+    """The client cancelled the job; what was committed stays."""
+
+
+def retry_delay(settings: Settings, attempt: int) -> float:
+    """Exponential backoff with jitter, capped at a minute."""
+    base = settings.job_retry_base_seconds * 2 ** max(attempt - 1, 0)
+    return float(min(base, 60.0) * random.uniform(0.8, 1.2))
+
+
+async def run_job(ctx: WorkerContext, job_id: str) -> str:
+    """The arq task: run job ``job_id`` if it can be claimed. Safe to deliver any number of
+    times: only the delivery that claims the job does anything."""
+    settings, pool = ctx["settings"], ctx["pool"]
+    lease = uuid4()
+    structlog.contextvars.bind_contextvars(job_id=job_id, job_try=ctx.get("job_try"))
+    async with pool.acquire() as conn:
+        claimed = await queries.claim_job(
+            conn, UUID(job_id), lease, ctx["worker_id"], settings.job_lease_seconds
+        )
+    if claimed is None:
+        log.info("job_not_claimable")
+        return "not_claimable"
+    job, payload = claimed
+    structlog.contextvars.bind_contextvars(project_id=job.project_id, kind=job.kind.value)
+    heart = asyncio.create_task(_heartbeat(ctx, job.id, lease))
+    try:
+        return await _run_claimed(ctx, job, payload, lease, heart)
+    finally:
+        heart.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heart
+
+
+async def _run_claimed(
+    ctx: WorkerContext, job: JobRow, payload: Any, lease: UUID, heart: asyncio.Task[None]
+) -> str:
+    started = time.monotonic()
+    status, error = JobStatus.SUCCEEDED, None
+    try:
+        await _apply_batches(ctx, job, payload, lease, heart)
+    except JobCancelled:
+        status = JobStatus.CANCELLED
+    except LeaseLost:
+        log.warning("job_lease_lost")
+        return "lease_lost"
+    except asyncio.CancelledError:
+        await asyncio.shield(_give_back(ctx, job, lease, "the worker shut down", delay=0))
+        raise
+    except TRANSIENT_ERRORS as exc:
+        return await _retry_or_fail(ctx, job, lease, exc)
+    except Exception as exc:
+        status, error = JobStatus.FAILED, f"{type(exc).__name__}: {exc}"
+        log.exception("job_failed", error=error)
+    async with ctx["pool"].acquire() as conn:
+        await queries.finish_job(conn, job.id, lease, status, error)
+    log.info("job_finished", status=status, seconds=round(time.monotonic() - started, 3))
+    return status.value
+
+
+async def _apply_batches(
+    ctx: WorkerContext, job: JobRow, payload: list[Any], lease: UUID, heart: asyncio.Task[None]
+) -> None:
+    """Apply the items after the checkpoint, one transaction per batch."""
+    settings, pool = ctx["settings"], ctx["pool"]
+    apply = BATCH_APPLIERS[job.kind]
+    counts, errors_count = Counter(job.counts), job.errors_count
+    position, run_start, run_items = job.checkpoint, time.monotonic(), 0
+    while position < len(payload):
+        if heart.done():
+            raise LeaseLost()
+        batch = payload[position : position + settings.batch_size]
+        async with pool.acquire() as conn, conn.transaction():
+            outcome = await apply(conn, job, batch, position + 1)
+            room = max(settings.job_error_cap - errors_count, 0)
+            kept = outcome.errors[:room]
+            if kept:
+                await queries.insert_errors(conn, job.id, errors_count + 1, kept)
+            counts.update(outcome.counts)
+            run_items += len(batch)
+            cancel = await queries.commit_progress(
+                conn,
+                job.id,
+                lease,
+                checkpoint=position + len(batch),
+                processed=position + len(batch),
+                counts={kind: n for kind, n in counts.items() if n},
+                errors_added=len(kept),
+                errors_truncated=len(kept) < len(outcome.errors),
+                rows_per_second=run_items / max(time.monotonic() - run_start, 1e-6),
+            )
+            if cancel is None:
+                raise LeaseLost()
+        errors_count += len(kept)
+        position += len(batch)
+        log.debug("batch_committed", checkpoint=position, **outcome.counts)
+        if cancel:
+            raise JobCancelled()
+
+
+async def _heartbeat(ctx: WorkerContext, job_id: UUID, lease: UUID) -> None:
+    """Extend the lease until cancelled; returns (ending the task) once the lease is lost."""
+    settings = ctx["settings"]
+    while True:
+        await asyncio.sleep(settings.job_heartbeat_seconds)
+        try:
+            async with ctx["pool"].acquire() as conn:
+                held = await queries.heartbeat(conn, job_id, lease, settings.job_lease_seconds)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("heartbeat_failed", error=repr(exc))
+            continue
+        if not held:
+            return
+
+
+async def _retry_or_fail(ctx: WorkerContext, job: JobRow, lease: UUID, exc: BaseException) -> str:
+    message = f"{type(exc).__name__}: {exc}"
+    if job.attempts >= job.max_attempts:
+        log.error("job_failed", error=message, attempts=job.attempts, transient=True)
+        with contextlib.suppress(*TRANSIENT_ERRORS):
+            async with ctx["pool"].acquire() as conn:
+                await queries.finish_job(
+                    conn,
+                    job.id,
+                    lease,
+                    JobStatus.FAILED,
+                    f"gave up after {job.attempts} attempts; last error: {message}",
+                )
+        return JobStatus.FAILED.value
+    delay = retry_delay(ctx["settings"], job.attempts)
+    log.warning("job_retry_scheduled", error=message, attempts=job.attempts, delay=round(delay, 2))
+    await _give_back(ctx, job, lease, message, delay)
+    return "retry"
+
+
+async def _give_back(
+    ctx: WorkerContext, job: JobRow, lease: UUID, reason: str, delay: float
+) -> None:
+    """Return the job to the queue; if Postgres or Redis is down, the reaper does it later."""
+    with contextlib.suppress(*TRANSIENT_ERRORS):
+        async with ctx["pool"].acquire() as conn:
+            released = await queries.release_for_retry(conn, job.id, lease, delay, reason)
+        if released:
+            await wake_worker(
+                ctx["redis"], ctx["settings"], job.id, job.lane, job.attempts + 1, delay
+            )

@@ -1,0 +1,104 @@
+"""arq wiring: one arq Worker per lane in one process, the reaper as a cron run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from typing import Any, cast
+
+import structlog
+from arq.connections import RedisSettings
+from arq.cron import cron
+from arq.worker import Worker
+
+from listmill.db import create_pool
+from listmill.logs import configure_logging
+from listmill.settings import Lane, Settings
+from worker.context import WorkerContext
+from worker.reaper import reap
+from worker.runner import run_job
+
+log = structlog.get_logger(__name__)
+
+# arq re-runs a SIGKILLed task only after its timeout; Postgres leases do that job here, so the
+# timeout is only an upper bound for one run and results are not kept (the id frees at once).
+JOB_TIMEOUT_SECONDS = 6 * 3600
+
+
+def make_worker(
+    settings: Settings, lane: Lane, context: WorkerContext, *, burst: bool = False
+) -> Worker:
+    """An arq Worker for one lane; the small lane's also runs the reaper (not in burst mode,
+    where a cron's next run, always queued, would keep the worker from ever finishing)."""
+    crons = []
+    if lane is Lane.SMALL and not burst:
+        every = max(1, settings.reaper_interval_seconds)
+        crons.append(
+            cron(
+                cast(Any, reap),
+                name="reaper",
+                second=set(range(0, 60, every)),
+                run_at_startup=True,
+                unique=True,
+                timeout=60,
+                keep_result=0,
+            )
+        )
+    return Worker(
+        functions=[cast(Any, run_job)],
+        queue_name=settings.lane_queue(lane),
+        cron_jobs=crons,
+        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        burst=burst,
+        handle_signals=False,
+        max_jobs=settings.worker_max_jobs,
+        job_timeout=JOB_TIMEOUT_SECONDS,
+        keep_result=0,
+        poll_delay=settings.worker_poll_delay,
+        max_tries=1000,
+        ctx=dict(context),
+        health_check_key=f"{settings.queue_prefix}:health:{lane.value}:{context['worker_id']}",
+    )
+
+
+async def make_context(settings: Settings) -> WorkerContext:
+    return WorkerContext(
+        settings=settings,
+        pool=await create_pool(settings),
+        worker_id=f"{socket.gethostname()}:{os.getpid()}",
+    )
+
+
+async def serve(settings: Settings) -> None:
+    """Run a Worker per configured lane until SIGINT or SIGTERM; running jobs are given back."""
+    context = await make_context(settings)
+    workers = [make_worker(settings, lane, context) for lane in settings.lanes()]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(w.async_run()) for w in workers]
+    log.info("worker_started", lanes=[lane.value for lane in settings.lanes()])
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for w in workers:
+        with contextlib.suppress(asyncio.CancelledError):
+            await w.close()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await context["pool"].close()
+    log.info("worker_stopped")
+
+
+def run_worker(settings: Settings) -> None:
+    configure_logging(settings)
+    asyncio.run(serve(settings))
+
+
+def in_process_workers(settings: Settings, context: WorkerContext, **kwargs: Any) -> list[Worker]:
+    """Workers for every lane, for tests and benchmarks that run jobs in-process."""
+    return [make_worker(settings, lane, context, **kwargs) for lane in Lane]
