@@ -98,6 +98,7 @@ def _run_all(settings: Settings) -> int:
         settings = settings.model_copy(
             update={"database_url": services.database_url, "redis_url": services.redis_url}
         )
+        asyncio.run(create_database(settings.database_url))
         asyncio.run(apply_schema(settings.database_url))
         key = asyncio.run(_demo_key(settings))
         _announce(settings, key)
