@@ -47,7 +47,7 @@ DEPENDENCY_ERRORS = (
 
 def _error_response(error: ListmillError, request_id: str) -> web.Response:
     headers = {"X-Request-ID": request_id}
-    headers.update(getattr(error, "headers", {}))
+    headers.update(error.headers)
     return web.json_response(error.body(), status=error.status, headers=headers)
 
 

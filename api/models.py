@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from listmill.consent import MemberStatus, anonymize_ip
 from listmill.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from listmill.records import (
     BigId,
@@ -117,3 +118,79 @@ class BulkUpsertRequest(Strict):
 class JobQuery(PageQuery):
     status: JobStatus | None = None
     kind: JobKind | None = None
+
+
+MemberSource = Literal["manual", "import", "api", "form", "migration"]
+
+
+class MemberContact(Strict):
+    """A contact named by email in a member addition: created if new, blanks filled."""
+
+    email: BulkEmail
+    first_name: ShortText | None = None
+    last_name: ShortText | None = None
+    country: ShortText | None = None
+    time_zone: ShortText | None = None
+    data: CustomData | None = None
+
+
+class AddMembersRequest(Strict):
+    contact_ids: list[BigId] = Field(default_factory=list, max_length=1000)
+    contacts: list[MemberContact] = Field(default_factory=list, max_length=1000)
+    source: MemberSource = "api"
+    status: MemberStatus | None = None
+    trigger_sequences: bool = True
+
+    @model_validator(mode="after")
+    def _entries(self) -> AddMembersRequest:
+        if not 1 <= len(self.contact_ids) + len(self.contacts) <= 1000:
+            raise ValueError("send 1 to 1,000 entries in contact_ids and contacts together")
+        return self
+
+
+class RemoveMembersRequest(Strict):
+    contact_ids: Annotated[list[BigId], Field(min_length=1, max_length=1000)]
+
+
+class RemoveMembersQuery(Strict):
+    mode: Literal["delete", "unsubscribe"] = "delete"
+
+
+class MemberQuery(PageQuery):
+    status: MemberStatus | None = None
+
+
+class MemberSearch(Strict):
+    email: Email
+
+
+class MembershipTarget(Strict):
+    """Which membership: ``list_id`` and exactly one of ``contact_id`` or ``contact``."""
+
+    list_id: BigId
+    contact_id: BigId | None = None
+    contact: MemberContact | None = None
+
+    @model_validator(mode="after")
+    def _one_contact(self) -> MembershipTarget:
+        if (self.contact_id is None) == (self.contact is None):
+            raise ValueError("send exactly one of contact_id or contact")
+        return self
+
+
+class MembershipPut(MembershipTarget):
+    status: MemberStatus | None = None
+    source: MemberSource = "api"
+    consent_source: ShortText | None = None
+    consent_text_version: ShortText | None = None
+    consent_ip: Annotated[str, Field(max_length=64)] | None = None
+
+    @field_validator("consent_ip")
+    @classmethod
+    def _anonymise(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return anonymize_ip(value)
+        except ValueError:
+            raise ValueError("not an IPv4 or IPv6 address") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from api.handlers import bulk, contacts, health, jobs, lists, sequences
+from api.handlers import bulk, contacts, health, jobs, lists, members, public, sequences
 
 API = "/api/v1"
 
@@ -14,6 +14,9 @@ def setup_routes(app: web.Application) -> None:
         [
             web.get("/healthz", health.healthz),
             web.get("/readyz", health.readyz),
+            web.get("/unsubscribe/{token}", public.unsubscribe_page),
+            web.post("/unsubscribe/{token}", public.unsubscribe),
+            web.get("/confirm/{token}", public.confirm),
             # contacts
             web.get(f"{API}/contacts", contacts.list_contacts),
             web.post(f"{API}/contacts/bulk-upsert", bulk.bulk_upsert),
@@ -33,6 +36,14 @@ def setup_routes(app: web.Application) -> None:
             web.get(f"{API}/lists/{{id}}", lists.get_list),
             web.patch(f"{API}/lists/{{id}}", lists.patch_list),
             web.delete(f"{API}/lists/{{id}}", lists.delete_list),
+            # members
+            web.get(f"{API}/lists/{{id}}/members", members.list_members),
+            web.post(f"{API}/lists/{{id}}/members", members.add_members),
+            web.delete(f"{API}/lists/{{id}}/members", members.remove_members),
+            web.post(f"{API}/lists/{{id}}/members/search", members.search_members),
+            web.get(f"{API}/lists/{{id}}/members/{{contact_id}}", members.get_member),
+            web.put(f"{API}/memberships", members.put_membership),
+            web.delete(f"{API}/memberships", members.delete_membership),
             # sequences
             web.get(f"{API}/sequences", sequences.list_sequences),
             web.post(f"{API}/sequences", sequences.create_sequence),

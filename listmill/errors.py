@@ -14,6 +14,7 @@ class ListmillError(Exception):
     def __init__(self, message: str | None = None, details: list[dict[str, Any]] | None = None):
         self.message = message or (self.__doc__ or "").strip()
         self.details = details or []
+        self.headers: dict[str, str] = {}
         super().__init__(self.message)
 
     def body(self) -> dict[str, Any]:

@@ -219,3 +219,28 @@ class Job(BaseModel):
                 eta_seconds=eta,
             ),
         )
+
+
+class ContactSummary(BaseModel):
+    id: int
+    email: str
+    first_name: str | None
+    last_name: str | None
+    status: ContactStatus
+
+
+class Membership(Record):
+    list_id: int
+    contact_id: int
+    status: str
+    source: str
+    subscribed_at: datetime | None
+    confirmed_at: datetime | None
+    unsubscribed_at: datetime | None
+    consent_source: str | None
+    consent_text_version: str | None
+    consent_ip: str | None
+    created_at: datetime
+    updated_at: datetime
+    contact: ContactSummary
+    unsubscribe_url: str | None = None

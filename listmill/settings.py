@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = 8080
     public_base_url: str = "http://localhost:8080"
+    link_secret: str = Field(
+        "dev-only-link-secret-change-me",
+        description="signs unsubscribe and confirmation links; rotate it to revoke them all",
+    )
+    membership_rate_limit: int = 30
+    membership_rate_window_seconds: int = 60
+    reconcile_interval_minutes: int = 60
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: str = "INFO"
 

@@ -19,6 +19,7 @@ from listmill.logs import configure_logging
 from listmill.settings import Lane, Settings
 from worker.context import WorkerContext
 from worker.reaper import reap
+from worker.reconcile import reconcile_member_counts
 from worker.runner import run_job
 
 log = structlog.get_logger(__name__)
@@ -44,6 +45,17 @@ def make_worker(
                 run_at_startup=True,
                 unique=True,
                 timeout=60,
+                keep_result=0,
+            )
+        )
+        crons.append(
+            cron(
+                cast(Any, reconcile_member_counts),
+                name="reconcile_member_counts",
+                minute=set(range(0, 60, max(1, min(settings.reconcile_interval_minutes, 60)))),
+                second=0,
+                unique=True,
+                timeout=600,
                 keep_result=0,
             )
         )

@@ -29,7 +29,7 @@ def _dedupe(items: list[Hashable]) -> list[Any]:
     return list(dict.fromkeys(items))
 
 
-async def _accept(request: web.Request, kind: JobKind, body: Any, **job: Any) -> web.Response:
+async def accept_job(request: web.Request, kind: JobKind, body: Any, **job: Any) -> web.Response:
     """Store and enqueue the job; 202 with its location, or 200 for an idempotent replay."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not 0 < len(key) <= 255:
@@ -72,7 +72,7 @@ async def bulk_contacts(request: web.Request) -> web.Response:
     items = _dedupe(given)
     params = body.model_dump(exclude={"contact_ids", "emails"}) | {"identify_by": identify_by}
     counts = {"duplicate": len(given) - len(items)} if len(given) > len(items) else {}
-    return await _accept(
+    return await accept_job(
         request, kind, raw, params=params, payload=items, total=len(items), counts=counts
     )
 
@@ -100,7 +100,7 @@ async def bulk_upsert(request: web.Request) -> web.Response:
     body = validate(BulkUpsertRequest, raw)
     items = _upsert_items(body)
     duplicates = len(body.contacts) - len(items)
-    return await _accept(
+    return await accept_job(
         request,
         JobKind.BULK_UPSERT,
         raw,

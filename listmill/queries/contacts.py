@@ -84,11 +84,13 @@ async def get_contact_by_email(
 
 
 # The one merge of contacts, for a single POST and for every bulk batch. Input rows are a JSON
-# array; within it the last row of an email wins. Given (non-null) fields overwrite, `data` merges
-# key by key, and a row that would change nothing is not updated (updated_at stays). A contact's
-# marketing status is only ever moved away from `subscribed` by a merge: re-subscribing someone
-# who unsubscribed, bounced or complained takes an explicit PATCH or bulk-subscribe.
-MERGE_CONTACTS = """
+# array; within it the last row of an email wins. A row that would change nothing is not updated
+# (updated_at stays). A contact's marketing status is only ever moved away from `subscribed` by a
+# merge: re-subscribing someone who unsubscribed, bounced or complained takes an explicit PATCH
+# or bulk-subscribe. Two modes differ only in which side wins for a field that both have:
+#   upsert      - given (non-null) values overwrite; `data` merges key by key, given keys winning
+#   fill_blanks - only empty fields are filled; existing values and `data` keys are kept
+_MERGE_TEMPLATE = """
 WITH input AS (
     SELECT DISTINCT ON (r.email_normalized) r.*
     FROM ROWS FROM (
@@ -103,34 +105,43 @@ WITH input AS (
 INSERT INTO contacts AS c
     (project_id, email, email_normalized, first_name, last_name, country, time_zone, data, status)
 SELECT $1, email, email_normalized, first_name, last_name, country, time_zone,
-       COALESCE(data, '{}'::jsonb), COALESCE(status, 'subscribed')
+       COALESCE(data, '{{}}'::jsonb), COALESCE(status, 'subscribed')
 FROM input
 ON CONFLICT (project_id, email_normalized) DO UPDATE SET
-    first_name = COALESCE(EXCLUDED.first_name, c.first_name),
-    last_name = COALESCE(EXCLUDED.last_name, c.last_name),
-    country = COALESCE(EXCLUDED.country, c.country),
-    time_zone = COALESCE(EXCLUDED.time_zone, c.time_zone),
-    data = c.data || EXCLUDED.data,
-    status = CASE WHEN EXCLUDED.status = 'subscribed' THEN c.status ELSE EXCLUDED.status END,
+    first_name = {first_name},
+    last_name = {last_name},
+    country = {country},
+    time_zone = {time_zone},
+    data = {data},
+    status = {status},
     updated_at = now()
 WHERE (c.first_name, c.last_name, c.country, c.time_zone, c.data, c.status)
-      IS DISTINCT FROM
-      (COALESCE(EXCLUDED.first_name, c.first_name), COALESCE(EXCLUDED.last_name, c.last_name),
-       COALESCE(EXCLUDED.country, c.country), COALESCE(EXCLUDED.time_zone, c.time_zone),
-       c.data || EXCLUDED.data,
-       CASE WHEN EXCLUDED.status = 'subscribed' THEN c.status ELSE EXCLUDED.status END)
+      IS DISTINCT FROM ({first_name}, {last_name}, {country}, {time_zone}, {data}, {status})
 RETURNING c.id, c.email_normalized, (xmax = 0) AS created
 """
+_KEEP_SUPPRESSION = (
+    "CASE WHEN EXCLUDED.status = 'subscribed' THEN c.status ELSE EXCLUDED.status END"
+)
+MERGE_MODES = {
+    "upsert": _MERGE_TEMPLATE.format(
+        **{f: f"COALESCE(EXCLUDED.{f}, c.{f})" for f in FIELDS},
+        data="c.data || EXCLUDED.data",
+        status=_KEEP_SUPPRESSION,
+    ),
+    "fill_blanks": _MERGE_TEMPLATE.format(
+        **{f: f"COALESCE(c.{f}, EXCLUDED.{f})" for f in FIELDS},
+        data="EXCLUDED.data || c.data",
+        status="c.status",
+    ),
+}
 
 
 async def merge_contacts(
-    conn: Connection, project_id: int, rows: list[dict[str, Any]]
+    conn: Connection, project_id: int, rows: list[dict[str, Any]], mode: str = "upsert"
 ) -> list[tuple[int, str, bool]]:
-    """Merge normalised contact rows; returns (id, email_normalized, created) of changed rows.
-
-    Rows absent from the result were unchanged. Set-based: one statement for the whole batch.
-    """
-    result = await conn.fetch(MERGE_CONTACTS, project_id, rows)
+    """Merge normalised contact rows (``MERGE_MODES``); returns (id, email_normalized, created)
+    of changed rows. Rows absent from the result were unchanged. One statement per batch."""
+    result = await conn.fetch(MERGE_MODES[mode], project_id, rows)
     return [(int(r["id"]), str(r["email_normalized"]), bool(r["created"])) for r in result]
 
 

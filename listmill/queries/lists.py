@@ -93,3 +93,9 @@ async def delete_list(conn: Connection, project_id: int, list_id: int) -> bool:
         "DELETE FROM lists WHERE project_id = $1 AND id = $2", project_id, list_id
     )
     return bool(status == "DELETE 1")
+
+
+async def project_of(conn: Connection, list_id: int) -> int | None:
+    """The project that owns a list (for public links, which carry no key)."""
+    project_id = await conn.fetchval("SELECT project_id FROM lists WHERE id = $1", list_id)
+    return int(project_id) if project_id is not None else None

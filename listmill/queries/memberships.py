@@ -5,34 +5,79 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
+from listmill.consent import MemberStatus, allowed_from
 from listmill.db import Connection
+from listmill.records import Membership
 
 ACTIVE = ("subscribed", "confirmed")
+MEMBER_COLUMNS = """
+    m.list_id, m.contact_id, m.status, m.source, m.subscribed_at, m.confirmed_at,
+    m.unsubscribed_at, m.consent_source, m.consent_text_version, host(m.consent_ip) AS consent_ip,
+    m.created_at, m.updated_at,
+    json_build_object('id', c.id, 'email', c.email, 'first_name', c.first_name,
+                      'last_name', c.last_name, 'status', c.status) AS contact
+"""
 
 
-async def subscribe_members(
-    conn: Connection, project_id: int, list_id: int, contact_ids: list[int], source: str
+@dataclass(frozen=True)
+class Consent:
+    source: str | None = None
+    text_version: str | None = None
+    ip: str | None = None  # already anonymised
+
+
+async def add_members(
+    conn: Connection,
+    project_id: int,
+    list_id: int,
+    contact_ids: list[int],
+    *,
+    new_status: str,
+    requested_status: str | None,
+    source: str,
+    consent: Consent | None = None,
 ) -> dict[int, tuple[str | None, bool]]:
-    """Make the contacts subscribed members of the list: new members are added; pending and
-    unsubscribed ones are re-subscribed (asked for explicitly); bounced, complained and cleaned
-    members are left alone. Returns contact id -> (status before, changed)."""
+    """Make contacts members of a list, set-based. New members get ``new_status``; existing
+    ones move to ``requested_status`` only if given and allowed (``consent.ALLOWED_FROM``).
+    Consent is recorded when a membership has none yet, never overwritten.
+    Returns contact id -> (status before or None if new, changed)."""
+    consent = consent or Consent()
+    allowed = allowed_from(MemberStatus(requested_status)) if requested_status else []
     rows = await conn.fetch(
         """
-        WITH target AS (SELECT unnest($3::bigint[]) AS contact_id),
+        WITH target AS (SELECT DISTINCT unnest($3::bigint[]) AS contact_id),
         old AS (
             SELECT m.contact_id, m.status FROM list_memberships m
             WHERE m.list_id = $2 AND m.contact_id = ANY($3::bigint[])
         ),
         written AS (
             INSERT INTO list_memberships AS m
-                (list_id, contact_id, project_id, status, source, subscribed_at)
-            SELECT $2, contact_id, $1, 'subscribed', $4, now() FROM target
+                (list_id, contact_id, project_id, status, source, subscribed_at, confirmed_at,
+                 consent_source, consent_text_version, consent_ip)
+            SELECT $2, contact_id, $1, $4, $7,
+                   CASE WHEN $4 IN ('subscribed', 'confirmed') THEN now() END,
+                   CASE WHEN $4 = 'confirmed' THEN now() END,
+                   $8, $9, $10::inet
+            FROM target
             ON CONFLICT (list_id, contact_id) DO UPDATE SET
-                status = 'subscribed', subscribed_at = now(), unsubscribed_at = NULL,
+                status = $5,
+                subscribed_at = CASE WHEN $5 IN ('subscribed', 'confirmed')
+                                      AND m.status NOT IN ('subscribed', 'confirmed')
+                                     THEN now() ELSE m.subscribed_at END,
+                confirmed_at = CASE WHEN $5 = 'confirmed' THEN now() ELSE m.confirmed_at END,
+                unsubscribed_at = CASE WHEN $5 = 'unsubscribed' THEN now()
+                                       WHEN $5 IN ('pending', 'subscribed', 'confirmed') THEN NULL
+                                       ELSE m.unsubscribed_at END,
+                consent_source = COALESCE(m.consent_source, EXCLUDED.consent_source),
+                consent_text_version =
+                    COALESCE(m.consent_text_version, EXCLUDED.consent_text_version),
+                consent_ip = COALESCE(m.consent_ip, EXCLUDED.consent_ip),
                 updated_at = now()
-            WHERE m.status IN ('pending', 'unsubscribed')
+            WHERE $5::text IS NOT NULL AND m.status <> $5 AND m.status = ANY($6::text[])
             RETURNING m.contact_id
         )
         SELECT t.contact_id, o.status AS before, w.contact_id IS NOT NULL AS changed
@@ -41,9 +86,27 @@ async def subscribe_members(
         project_id,
         list_id,
         contact_ids,
+        new_status,
+        requested_status,
+        allowed,
         source,
+        consent.source,
+        consent.text_version,
+        consent.ip,
     )
     return {r["contact_id"]: (r["before"], r["changed"]) for r in rows}
+
+
+def newly_active(
+    result: dict[int, tuple[str | None, bool]], new_status: str, requested_status: str | None
+) -> list[int]:
+    """The contacts an ``add_members`` call made subscribed or confirmed just now."""
+    active = []
+    for contact_id, (before, changed) in result.items():
+        now = new_status if before is None else requested_status
+        if changed and now in ACTIVE and before not in ACTIVE:
+            active.append(contact_id)
+    return active
 
 
 async def unsubscribe_members(
@@ -113,3 +176,127 @@ async def enroll_in_list_sequences(
         job_id,
     )
     return int(result.split()[-1])
+
+
+async def list_members(
+    conn: Connection,
+    project_id: int,
+    list_id: int,
+    *,
+    status: str | None,
+    after_contact_id: int | None,
+    limit: int,
+) -> list[Membership]:
+    rows = await conn.fetch(
+        f"""
+        SELECT {MEMBER_COLUMNS}
+        FROM list_memberships m JOIN contacts c ON c.id = m.contact_id
+        WHERE m.project_id = $1 AND m.list_id = $2 AND ($3::text IS NULL OR m.status = $3)
+          AND m.contact_id > $4
+        ORDER BY m.contact_id LIMIT $5
+        """,
+        project_id,
+        list_id,
+        status,
+        after_contact_id or 0,
+        limit + 1,
+    )
+    return [Membership.of(r) for r in rows]
+
+
+async def count_members(conn: Connection, list_id: int, status: str | None) -> int:
+    total = await conn.fetchval(
+        """
+        SELECT count(*) FROM list_memberships
+        WHERE list_id = $1 AND ($2::text IS NULL OR status = $2)
+        """,
+        list_id,
+        status,
+    )
+    return int(total)
+
+
+async def get_member(
+    conn: Connection, project_id: int, list_id: int, contact_id: int
+) -> Membership | None:
+    row = await conn.fetchrow(
+        f"""
+        SELECT {MEMBER_COLUMNS}
+        FROM list_memberships m JOIN contacts c ON c.id = m.contact_id
+        WHERE m.project_id = $1 AND m.list_id = $2 AND m.contact_id = $3
+        """,
+        project_id,
+        list_id,
+        contact_id,
+    )
+    return Membership.of(row) if row else None
+
+
+async def find_member_by_email(
+    conn: Connection, project_id: int, list_id: int, email_normalized: str
+) -> Membership | None:
+    row = await conn.fetchrow(
+        f"""
+        SELECT {MEMBER_COLUMNS}
+        FROM list_memberships m JOIN contacts c ON c.id = m.contact_id
+        WHERE m.project_id = $1 AND m.list_id = $2 AND c.email_normalized = $3
+        """,
+        project_id,
+        list_id,
+        email_normalized,
+    )
+    return Membership.of(row) if row else None
+
+
+async def confirm_member(conn: Connection, list_id: int, contact_id: int) -> str | None:
+    """pending -> confirmed; the member's status afterwards (None if not a member)."""
+    return await conn.fetchval(  # type: ignore[no-any-return]
+        """
+        WITH done AS (
+            UPDATE list_memberships SET status = 'confirmed', confirmed_at = now(),
+                                        subscribed_at = COALESCE(subscribed_at, now()),
+                                        updated_at = now()
+            WHERE list_id = $1 AND contact_id = $2 AND status = 'pending'
+            RETURNING status
+        )
+        SELECT COALESCE((SELECT status FROM done),
+                        (SELECT status FROM list_memberships
+                         WHERE list_id = $1 AND contact_id = $2))
+        """,
+        list_id,
+        contact_id,
+    )
+
+
+async def reconcile_member_count(conn: Connection, list_id: int) -> tuple[int, int] | None:
+    """Recount one list under its row lock; (stored, actual) when they differed, else None.
+
+    The lock orders this against the triggers: a membership change either committed before
+    the count (and is in it) or applies its delta after ours."""
+    stored = await conn.fetchval("SELECT member_count FROM lists WHERE id = $1 FOR UPDATE", list_id)
+    if stored is None:
+        return None
+    actual = await conn.fetchval(
+        """
+        SELECT count(*) FROM list_memberships
+        WHERE list_id = $1 AND status IN ('subscribed', 'confirmed')
+        """,
+        list_id,
+    )
+    if stored == actual:
+        return None
+    await conn.execute("UPDATE lists SET member_count = $2 WHERE id = $1", list_id, actual)
+    return int(stored), int(actual)
+
+
+async def all_list_ids(conn: Connection) -> list[Any]:
+    return [r["id"] for r in await conn.fetch("SELECT id FROM lists ORDER BY id")]
+
+
+async def member_exists(conn: Connection, list_id: int, contact_id: int) -> bool:
+    found = await conn.fetchval(
+        "SELECT 1 FROM list_memberships WHERE list_id = $1 AND contact_id = $2",
+        list_id,
+        contact_id,
+    )
+    return found is not None

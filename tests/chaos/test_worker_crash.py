@@ -154,3 +154,28 @@ async def test_sigterm_gives_the_job_back_at_once(
     job = await wait_for_job(api, job_id, timeout=60)
     assert job["status"] == "succeeded" and job["attempts"] == 2
     assert await db.fetchval("SELECT count(*) FROM contacts") == job["counts"]["created"]
+
+
+async def test_member_addition_killed_mid_job_enrolls_each_contact_exactly_once(
+    api: Api, worker_process: WorkerProcess, db: asyncpg.Connection
+) -> None:
+    _, made = await api.post("/lists", {"name": "Chaos"})
+    list_id = made["data"]["id"]
+    for name in ("One", "Two", "Three"):
+        trigger = {"type": "list_added", "list_id": list_id}
+        await api.post("/sequences", {"name": name, "trigger_config": trigger})
+    contacts = [{"email": f"k{i}@example.com"} for i in range(1000)]
+    _, body = await api.post(f"/lists/{list_id}/members", {"contacts": contacts})
+    job_id = body["data"]["id"]
+    first = worker_process()
+    while (await api.get(f"/jobs/{job_id}"))[1]["data"]["progress"]["processed"] < 100:
+        await asyncio.sleep(0.005)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    worker_process()
+    job = await wait_for_job(api, job_id, timeout=60)
+    assert job["status"] == "succeeded" and job["attempts"] == 2
+    assert job["counts"] == {"added": 1000, "contacts_created": 1000, "enrolled": 3000}
+    assert await db.fetchval("SELECT count(*) FROM sequence_enrollments") == 3000
+    _, mailing_list = await api.get(f"/lists/{list_id}")
+    assert mailing_list["data"]["member_count"] == 1000

@@ -47,6 +47,14 @@ def _count_errors(outcome: BatchOutcome) -> None:
         outcome.counts["invalid" if code == "invalid_email" else "not_found"] += 1
 
 
+# the membership operation each kind performs when it names a list
+LIST_OPERATIONS = {
+    JobKind.BULK_SUBSCRIBE: "subscribe",
+    JobKind.BULK_UNSUBSCRIBE: "unsubscribe",
+    JobKind.BULK_DELETE: "delete",
+}
+
+
 async def apply_bulk_status(
     conn: Connection, job: JobRow, items: list[Any], first: int
 ) -> BatchOutcome:
@@ -58,7 +66,21 @@ async def apply_bulk_status(
         if list_id is None:
             await _apply_to_contacts(conn, job, ids, outcome)
         else:
-            await _apply_to_memberships(conn, job, list_id, ids, outcome)
+            operation = LIST_OPERATIONS[job.kind]
+            await apply_to_memberships(conn, job, list_id, ids, operation, outcome)
+    return outcome
+
+
+async def apply_remove_members(
+    conn: Connection, job: JobRow, items: list[Any], first: int
+) -> BatchOutcome:
+    """remove_members: delete the memberships, or (mode=unsubscribe) keep them unsubscribed."""
+    outcome = BatchOutcome()
+    ids = await _resolve(conn, job, items, first, outcome)
+    _count_errors(outcome)
+    if ids:
+        operation = "unsubscribe" if job.params["mode"] == "unsubscribe" else "delete"
+        await apply_to_memberships(conn, job, job.params["list_id"], ids, operation, outcome)
     return outcome
 
 
@@ -66,51 +88,55 @@ async def _apply_to_contacts(
     conn: Connection, job: JobRow, ids: list[int], outcome: BatchOutcome
 ) -> None:
     if job.kind is JobKind.BULK_DELETE:
-        outcome.counts["deleted"] += len(
-            await contact_queries.delete_contacts(conn, job.project_id, ids)
-        )
+        deleted = await contact_queries.delete_contacts(conn, job.project_id, ids)
+        outcome.counts["deleted"] += len(deleted)
         return
     if job.kind is JobKind.BULK_SUBSCRIBE:
         # an explicit re-subscribe; bounced and complained addresses stay suppressed
-        status, label, movable = "subscribed", "subscribed", ("unsubscribed",)
+        status, movable = "subscribed", ("unsubscribed",)
     else:
-        status, label, movable = "unsubscribed", "unsubscribed", ("subscribed",)
+        status, movable = "unsubscribed", ("subscribed",)
     before = await contact_queries.find_by_ids(conn, job.project_id, ids)
     moved = await contact_queries.set_status(conn, job.project_id, ids, status, movable)
     for contact_id in ids:
         if contact_id in moved:
-            outcome.counts[label] += 1
+            outcome.counts[status] += 1
         elif before.get(contact_id) == status or job.kind is JobKind.BULK_UNSUBSCRIBE:
             outcome.counts["unchanged"] += 1
         else:
             outcome.counts["skipped"] += 1
 
 
-async def _apply_to_memberships(
-    conn: Connection, job: JobRow, list_id: int, ids: list[int], outcome: BatchOutcome
+async def apply_to_memberships(
+    conn: Connection,
+    job: JobRow,
+    list_id: int,
+    ids: list[int],
+    operation: str,
+    outcome: BatchOutcome,
 ) -> None:
-    if job.kind is JobKind.BULK_DELETE:
+    """subscribe | unsubscribe | delete the contacts' memberships of one list."""
+    if operation == "delete":
         removed = await member_queries.delete_members(conn, list_id, ids)
         outcome.counts["deleted"] += len(removed)
         outcome.counts["skipped"] += len(ids) - len(removed)
         return
-    if job.kind is JobKind.BULK_UNSUBSCRIBE:
+    if operation == "unsubscribe":
         result = await member_queries.unsubscribe_members(conn, list_id, ids)
         for before, changed in result.values():
             key = "unsubscribed" if changed else ("skipped" if before is None else "unchanged")
             outcome.counts[key] += 1
         return
-    result = await member_queries.subscribe_members(conn, job.project_id, list_id, ids, "api")
-    newly = [cid for cid, (_, changed) in result.items() if changed]
+    # an explicit subscribe: new members and pending or unsubscribed ones become subscribed
+    result = await member_queries.add_members(
+        conn, job.project_id, list_id, ids,
+        new_status="subscribed", requested_status="subscribed", source="api",
+    )  # fmt: skip
     for before, changed in result.values():
-        key = (
-            "subscribed"
-            if changed
-            else ("unchanged" if before in member_queries.ACTIVE else "skipped")
-        )
-        outcome.counts[key] += 1
+        active = before in member_queries.ACTIVE
+        outcome.counts["subscribed" if changed else "unchanged" if active else "skipped"] += 1
     if job.params.get("trigger_sequences", True):
-        enrolled = await member_queries.enroll_in_list_sequences(
+        newly = member_queries.newly_active(result, "subscribed", "subscribed")
+        outcome.counts["enrolled"] += await member_queries.enroll_in_list_sequences(
             conn, job.project_id, list_id, newly, job.id
         )
-        outcome.counts["enrolled"] += enrolled
