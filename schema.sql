@@ -144,8 +144,9 @@ CREATE TABLE IF NOT EXISTS job_errors (
     PRIMARY KEY (job_id, seq)
 );
 
+-- An upload is streamed in before its job row is written (same transaction): hence deferred.
 CREATE TABLE IF NOT EXISTS job_file_chunks (
-    job_id  uuid NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    job_id  uuid NOT NULL REFERENCES jobs (id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
     seq     integer NOT NULL,
     data    bytea NOT NULL,
     PRIMARY KEY (job_id, seq)
@@ -199,3 +200,19 @@ CREATE OR REPLACE TRIGGER list_memberships_count_update AFTER UPDATE ON list_mem
 CREATE OR REPLACE TRIGGER list_memberships_count_delete AFTER DELETE ON list_memberships
     REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION list_member_count_sync();
+
+-- An import's rows, parsed and validated, staged by COPY; merged batch by batch, then deleted.
+CREATE TABLE IF NOT EXISTS import_rows (
+    job_id            uuid NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    position          integer NOT NULL,           -- 1-based among the file's data rows
+    row_number        integer NOT NULL,           -- as a spreadsheet shows it (header = 1)
+    email             text NOT NULL,
+    email_normalized  text NOT NULL,
+    first_name        text,
+    last_name         text,
+    country           text,
+    time_zone         text,
+    data              jsonb NOT NULL,
+    duplicate         boolean NOT NULL DEFAULT false,  -- a later row of the file has this email
+    PRIMARY KEY (job_id, position)
+);

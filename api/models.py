@@ -178,9 +178,9 @@ class MembershipTarget(Strict):
         return self
 
 
-class MembershipPut(MembershipTarget):
-    status: MemberStatus | None = None
-    source: MemberSource = "api"
+class ConsentFields(Strict):
+    """Consent evidence; the IP address is anonymised before it is stored."""
+
     consent_source: ShortText | None = None
     consent_text_version: ShortText | None = None
     consent_ip: Annotated[str, Field(max_length=64)] | None = None
@@ -194,3 +194,26 @@ class MembershipPut(MembershipTarget):
             return anonymize_ip(value)
         except ValueError:
             raise ValueError("not an IPv4 or IPv6 address") from None
+
+
+class MembershipPut(MembershipTarget, ConsentFields):
+    status: MemberStatus | None = None
+    source: MemberSource = "api"
+
+
+class ImportOptions(ConsentFields):
+    """Options of POST /contacts/import, as query parameters or multipart form fields."""
+
+    list_id: BigId | None = None
+    mode: Literal["upsert", "fill_blanks", "mirror"] = "upsert"
+    status: MemberStatus | None = None
+    source: MemberSource = "import"
+    resubscribe: bool = False
+    dry_run: bool = False
+    trigger_sequences: bool = True
+
+    @model_validator(mode="after")
+    def _mirror_needs_list(self) -> ImportOptions:
+        if self.mode == "mirror" and self.list_id is None:
+            raise ValueError("mode=mirror needs a list_id: the list to make equal to the file")
+        return self

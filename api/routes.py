@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from api.handlers import bulk, contacts, health, jobs, lists, members, public, sequences
+from api.handlers import (
+    bulk,
+    contacts,
+    health,
+    imports,
+    jobs,
+    lists,
+    members,
+    public,
+    sequences,
+)
 
 API = "/api/v1"
 
@@ -20,6 +30,7 @@ def setup_routes(app: web.Application) -> None:
             # contacts
             web.get(f"{API}/contacts", contacts.list_contacts),
             web.post(f"{API}/contacts/bulk-upsert", bulk.bulk_upsert),
+            web.post(f"{API}/contacts/import", imports.import_contacts),
             web.post(
                 f"{API}/contacts/{{operation:bulk-(?:subscribe|unsubscribe|delete)}}",
                 bulk.bulk_contacts,

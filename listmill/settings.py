@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     large_job_threshold: int = 10_000
 
     max_json_body_bytes: int = 8 * 1024 * 1024
+    max_upload_bytes: int = 256 * 1024 * 1024
+    upload_chunk_bytes: int = 1024 * 1024
+    import_file_retention_seconds: int = 0
     idempotency_ttl_hours: int = 48
 
     def lane_queue(self, lane: Lane) -> str:

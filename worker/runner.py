@@ -15,12 +15,14 @@ import asyncpg
 import redis.exceptions
 import structlog
 
+from listmill.db import Connection
 from listmill.jobs.queue import wake_worker
 from listmill.queries import jobs as queries
 from listmill.records import JobRow, JobStatus
 from listmill.settings import Settings
 from worker.context import WorkerContext
-from worker.jobs import BATCH_APPLIERS
+from worker.jobs import plan_for
+from worker.jobs.base import BatchOutcome
 
 log = structlog.get_logger(__name__)
 
@@ -98,48 +100,86 @@ async def _run_claimed(
         log.exception("job_failed", error=error)
     async with ctx["pool"].acquire() as conn:
         await queries.finish_job(conn, job.id, lease, status, error)
+        cleanup = plan_for(job.kind, payload).cleanup
+        if cleanup is not None:
+            await cleanup(conn, job, ctx["settings"])
     log.info("job_finished", status=status, seconds=round(time.monotonic() - started, 3))
     return status.value
 
 
 async def _apply_batches(
-    ctx: WorkerContext, job: JobRow, payload: list[Any], lease: UUID, heart: asyncio.Task[None]
+    ctx: WorkerContext, job: JobRow, payload: Any, lease: UUID, heart: asyncio.Task[None]
 ) -> None:
-    """Apply the items after the checkpoint, one transaction per batch."""
+    """Prepare once if the kind needs it, then apply the items after the checkpoint, one
+    transaction per batch, each committing the job's counters and checkpoint with it."""
     settings, pool = ctx["settings"], ctx["pool"]
-    apply = BATCH_APPLIERS[job.kind]
-    counts, errors_count = Counter(job.counts), job.errors_count
-    position, run_start, run_items = job.checkpoint, time.monotonic(), 0
-    while position < len(payload):
+    plan = plan_for(job.kind, payload)
+    progress = _Progress(job)
+    if job.total is None and plan.prepare is not None:
+        async with pool.acquire() as conn, conn.transaction():
+            prepared = await plan.prepare(conn, job, settings)
+            job.total = prepared.total
+            await progress.commit(
+                conn, lease, job.checkpoint, prepared.outcome, settings, total=job.total
+            )
+    position, total = job.checkpoint, job.total or 0
+    while position < total:
         if heart.done():
             raise LeaseLost()
-        batch = payload[position : position + settings.batch_size]
+        upto = min(position + settings.batch_size, total)
         async with pool.acquire() as conn, conn.transaction():
-            outcome = await apply(conn, job, batch, position + 1)
-            room = max(settings.job_error_cap - errors_count, 0)
-            kept = outcome.errors[:room]
-            if kept:
-                await queries.insert_errors(conn, job.id, errors_count + 1, kept)
-            counts.update(outcome.counts)
-            run_items += len(batch)
-            cancel = await queries.commit_progress(
-                conn,
-                job.id,
-                lease,
-                checkpoint=position + len(batch),
-                processed=position + len(batch),
-                counts={kind: n for kind, n in counts.items() if n},
-                errors_added=len(kept),
-                errors_truncated=len(kept) < len(outcome.errors),
-                rows_per_second=run_items / max(time.monotonic() - run_start, 1e-6),
-            )
-            if cancel is None:
-                raise LeaseLost()
-        errors_count += len(kept)
-        position += len(batch)
+            outcome = await plan.apply_range(conn, job, position, upto)
+            cancel = await progress.commit(conn, lease, upto, outcome, settings)
+        position = upto
         log.debug("batch_committed", checkpoint=position, **outcome.counts)
         if cancel:
             raise JobCancelled()
+
+
+class _Progress:
+    """The job's counters as committed so far, and the one fenced write that advances them."""
+
+    def __init__(self, job: JobRow):
+        self.job = job
+        self.counts = Counter(job.counts)
+        self.errors_count = job.errors_count
+        self.started = time.monotonic()
+        self.items = 0
+        self.first_checkpoint = job.checkpoint
+
+    async def commit(
+        self,
+        conn: Connection,
+        lease: UUID,
+        checkpoint: int,
+        outcome: BatchOutcome,
+        settings: Settings,
+        total: int | None = None,
+    ) -> bool:
+        """Record a batch in its transaction; True if the client asked to cancel. Raises
+        LeaseLost (rolling the batch back) if another worker holds the job now."""
+        room = max(settings.job_error_cap - self.errors_count, 0)
+        kept = outcome.errors[:room]
+        if kept:
+            await queries.insert_errors(conn, self.job.id, self.errors_count + 1, kept)
+        self.counts.update(outcome.counts)
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        cancel = await queries.commit_progress(
+            conn,
+            self.job.id,
+            lease,
+            checkpoint=checkpoint,
+            processed=checkpoint,
+            total=total,
+            counts={kind: n for kind, n in self.counts.items() if n},
+            errors_added=len(kept),
+            errors_truncated=len(kept) < len(outcome.errors) or outcome.errors_dropped > 0,
+            rows_per_second=(checkpoint - self.first_checkpoint) / elapsed if checkpoint else None,
+        )
+        if cancel is None:
+            raise LeaseLost()
+        self.errors_count += len(kept)
+        return cancel
 
 
 async def _heartbeat(ctx: WorkerContext, job_id: UUID, lease: UUID) -> None:

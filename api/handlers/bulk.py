@@ -29,11 +29,17 @@ def _dedupe(items: list[Hashable]) -> list[Any]:
     return list(dict.fromkeys(items))
 
 
-async def accept_job(request: web.Request, kind: JobKind, body: Any, **job: Any) -> web.Response:
-    """Store and enqueue the job; 202 with its location, or 200 for an idempotent replay."""
+def idempotency_key(request: web.Request) -> str | None:
+    """The request's Idempotency-Key, if any (1 to 255 characters)."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not 0 < len(key) <= 255:
         raise ValidationFailed.on(IDEMPOTENCY_HEADER, "must be 1 to 255 characters")
+    return key
+
+
+async def accept_job(request: web.Request, kind: JobKind, body: Any, **job: Any) -> web.Response:
+    """Store and enqueue the job; 202 with its location, or 200 for an idempotent replay."""
+    key = idempotency_key(request)
     submission = Submission(
         project_id=auth_of(request).project_id,
         kind=kind,

@@ -13,7 +13,7 @@ import redis.exceptions
 import structlog
 from arq.connections import ArqRedis
 
-from listmill.db import Pool
+from listmill.db import Connection, Pool
 from listmill.errors import Conflict
 from listmill.queries import jobs as queries
 from listmill.records import JobKind, JobRow
@@ -40,7 +40,9 @@ class Submission:
     fingerprint: str
 
 
-class _Replay(Exception):
+class Replay(Exception):
+    """The request repeats an earlier one (same Idempotency-Key, same body)."""
+
     def __init__(self, job_id: uuid.UUID):
         self.job_id = job_id
 
@@ -58,40 +60,52 @@ def lane_for(kind: JobKind, total: int | None, settings: Settings) -> Lane:
     return Lane.SMALL
 
 
+async def store(
+    conn: Connection, settings: Settings, submission: Submission, job_id: uuid.UUID
+) -> JobRow:
+    """Insert the job and consume its idempotency key, in the caller's transaction. Raises
+    Replay when the key was already used with the same request, Conflict otherwise."""
+    job = await queries.insert_job(
+        conn,
+        job_id=job_id,
+        project_id=submission.project_id,
+        kind=submission.kind,
+        lane=lane_for(submission.kind, submission.total, settings),
+        params=submission.params,
+        payload=submission.payload,
+        total=submission.total,
+        max_attempts=settings.job_max_attempts,
+        counts=submission.counts,
+    )
+    if submission.idempotency_key is not None:
+        await _consume_key(conn, submission, job_id)
+    return job
+
+
+async def earlier_job(pool: Pool, project_id: int, replay: Replay) -> JobRow:
+    """The job an idempotent replay answers with."""
+    async with pool.acquire() as conn:
+        earlier = await queries.get_job(conn, project_id, replay.job_id)
+    if earlier is None:  # the key outlived its job
+        raise Conflict(IDEMPOTENCY_REUSED)
+    return earlier
+
+
 async def submit(
     pool: Pool, redis_client: ArqRedis, settings: Settings, submission: Submission
 ) -> tuple[JobRow, bool]:
     """Store and enqueue a job; returns (job, replayed) where replayed means an earlier job
     answered the same Idempotency-Key and body. Raises Conflict for a key reused otherwise."""
-    job_id = uuid.uuid4()
-    lane = lane_for(submission.kind, submission.total, settings)
     try:
         async with pool.acquire() as conn, conn.transaction():
-            job = await queries.insert_job(
-                conn,
-                job_id=job_id,
-                project_id=submission.project_id,
-                kind=submission.kind,
-                lane=lane,
-                params=submission.params,
-                payload=submission.payload,
-                total=submission.total,
-                max_attempts=settings.job_max_attempts,
-                counts=submission.counts,
-            )
-            if submission.idempotency_key is not None:
-                await _consume_key(conn, submission, job_id)
-    except _Replay as replay:
-        async with pool.acquire() as conn:
-            earlier = await queries.get_job(conn, submission.project_id, replay.job_id)
-        if earlier is None:  # pruned between the two reads: treat the key as fresh
-            raise Conflict(IDEMPOTENCY_REUSED) from None
-        return earlier, True
-    await _wake(pool, redis_client, settings, job)
+            job = await store(conn, settings, submission, uuid.uuid4())
+    except Replay as replay:
+        return await earlier_job(pool, submission.project_id, replay), True
+    await wake(pool, redis_client, settings, job)
     return job, False
 
 
-async def _consume_key(conn: Any, submission: Submission, job_id: uuid.UUID) -> None:
+async def _consume_key(conn: Connection, submission: Submission, job_id: uuid.UUID) -> None:
     assert submission.idempotency_key is not None
     earlier = await queries.claim_idempotency_key(
         conn, submission.project_id, submission.idempotency_key, submission.fingerprint, job_id
@@ -101,10 +115,11 @@ async def _consume_key(conn: Any, submission: Submission, job_id: uuid.UUID) -> 
     earlier_job, earlier_fingerprint = earlier
     if earlier_fingerprint != submission.fingerprint:
         raise Conflict(IDEMPOTENCY_REUSED)
-    raise _Replay(earlier_job)
+    raise Replay(earlier_job)
 
 
-async def _wake(pool: Pool, redis_client: ArqRedis, settings: Settings, job: JobRow) -> None:
+async def wake(pool: Pool, redis_client: ArqRedis, settings: Settings, job: JobRow) -> None:
+    """Send the wake-up; if Redis is down the reaper's next run sends it."""
     try:
         await wake_worker(redis_client, settings, job.id, job.lane, job.attempts + 1)
     except (OSError, redis.exceptions.RedisError) as exc:

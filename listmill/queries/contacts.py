@@ -91,17 +91,7 @@ async def get_contact_by_email(
 #   upsert      - given (non-null) values overwrite; `data` merges key by key, given keys winning
 #   fill_blanks - only empty fields are filled; existing values and `data` keys are kept
 _MERGE_TEMPLATE = """
-WITH input AS (
-    SELECT DISTINCT ON (r.email_normalized) r.*
-    FROM ROWS FROM (
-             jsonb_to_recordset($2::jsonb)
-             AS (email text, email_normalized text, first_name text, last_name text,
-                 country text, time_zone text, data jsonb, status text)
-         ) WITH ORDINALITY
-         AS r(email, email_normalized, first_name, last_name, country, time_zone, data, status,
-              ord)
-    ORDER BY r.email_normalized, r.ord DESC
-)
+WITH input AS ({input})
 INSERT INTO contacts AS c
     (project_id, email, email_normalized, first_name, last_name, country, time_zone, data, status)
 SELECT $1, email, email_normalized, first_name, last_name, country, time_zone,
@@ -122,17 +112,42 @@ RETURNING c.id, c.email_normalized, (xmax = 0) AS created
 _KEEP_SUPPRESSION = (
     "CASE WHEN EXCLUDED.status = 'subscribed' THEN c.status ELSE EXCLUDED.status END"
 )
-MERGE_MODES = {
-    "upsert": _MERGE_TEMPLATE.format(
+# Rows from a JSON array ($2), the last row of an email winning.
+JSON_INPUT = """
+    SELECT DISTINCT ON (r.email_normalized) r.*
+    FROM ROWS FROM (
+             jsonb_to_recordset($2::jsonb)
+             AS (email text, email_normalized text, first_name text, last_name text,
+                 country text, time_zone text, data jsonb, status text)
+         ) WITH ORDINALITY
+         AS r(email, email_normalized, first_name, last_name, country, time_zone, data, status,
+              ord)
+    ORDER BY r.email_normalized, r.ord DESC
+"""
+# Rows of an import ($2 job) between two positions ($3, $4], deduplicated when staged.
+STAGED_INPUT = """
+    SELECT email, email_normalized, first_name, last_name, country, time_zone, data,
+           NULL::text AS status
+    FROM import_rows
+    WHERE job_id = $2 AND position > $3 AND position <= $4 AND NOT duplicate
+"""
+_SETS = {
+    "upsert": {
         **{f: f"COALESCE(EXCLUDED.{f}, c.{f})" for f in FIELDS},
-        data="c.data || EXCLUDED.data",
-        status=_KEEP_SUPPRESSION,
-    ),
-    "fill_blanks": _MERGE_TEMPLATE.format(
+        "data": "c.data || EXCLUDED.data",
+        "status": _KEEP_SUPPRESSION,
+    },
+    "fill_blanks": {
         **{f: f"COALESCE(c.{f}, EXCLUDED.{f})" for f in FIELDS},
-        data="EXCLUDED.data || c.data",
-        status="c.status",
-    ),
+        "data": "EXCLUDED.data || c.data",
+        "status": "c.status",
+    },
+}
+MERGE_MODES = {
+    mode: _MERGE_TEMPLATE.format(input=JSON_INPUT, **sets) for mode, sets in _SETS.items()
+}
+MERGE_STAGED = {
+    mode: _MERGE_TEMPLATE.format(input=STAGED_INPUT, **sets) for mode, sets in _SETS.items()
 }
 
 
@@ -232,3 +247,24 @@ async def delete_contacts(conn: Connection, project_id: int, ids: list[int]) -> 
         ids,
     )
     return {r["id"] for r in rows}
+
+
+async def merge_staged(
+    conn: Connection, project_id: int, job_id: Any, after: int, upto: int, mode: str
+) -> list[tuple[int, str, bool]]:
+    """``merge_contacts`` for the staged rows of an import between two positions."""
+    result = await conn.fetch(MERGE_STAGED[mode], project_id, job_id, after, upto)
+    return [(int(r["id"]), str(r["email_normalized"]), bool(r["created"])) for r in result]
+
+
+async def resubscribe(conn: Connection, project_id: int, emails_normalized: list[str]) -> int:
+    """Set these contacts subscribed again, whatever they were (an import's resubscribe=true)."""
+    result = await conn.execute(
+        """
+        UPDATE contacts SET status = 'subscribed', updated_at = now()
+        WHERE project_id = $1 AND email_normalized = ANY($2::text[]) AND status <> 'subscribed'
+        """,
+        project_id,
+        emails_normalized,
+    )
+    return int(result.split()[-1])

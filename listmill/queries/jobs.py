@@ -204,6 +204,7 @@ async def commit_progress(
     *,
     checkpoint: int,
     processed: int,
+    total: int | None,
     counts: dict[str, int],
     errors_added: int,
     errors_truncated: bool,
@@ -215,6 +216,7 @@ async def commit_progress(
         UPDATE jobs SET
             checkpoint = $3, processed = $4, counts = $5, errors_count = errors_count + $6,
             errors_truncated = errors_truncated OR $7, rows_per_second = $8,
+            total = COALESCE($9, total),
             heartbeat_at = now(), updated_at = now()
         WHERE id = $1 AND lease_token = $2 AND status = 'running'
         RETURNING cancel_requested
@@ -227,6 +229,7 @@ async def commit_progress(
         errors_added,
         errors_truncated,
         rows_per_second,
+        total,
     )
 
 

@@ -179,3 +179,47 @@ async def test_member_addition_killed_mid_job_enrolls_each_contact_exactly_once(
     assert await db.fetchval("SELECT count(*) FROM sequence_enrollments") == 3000
     _, mailing_list = await api.get(f"/lists/{list_id}")
     assert mailing_list["data"]["member_count"] == 1000
+
+
+def csv_file(rows: int) -> bytes:
+    lines = [b"Email,First Name,Plan"]
+    for i in range(rows):
+        if i % 101 == 0:
+            lines.append(b"broken-%d,X,free" % i)
+        elif i % 40 == 0:
+            lines.append(b"USER%d@Example.com,Dup,pro" % (i - 1))
+        else:
+            lines.append(b"user%d@example.com,U%d,free" % (i, i))
+    return b"\n".join(lines) + b"\n"
+
+
+async def test_import_killed_mid_file_resumes_with_exact_counts(
+    api: Api,
+    other_api: Api,
+    run_jobs: RunJobs,
+    worker_process: WorkerProcess,
+    db: asyncpg.Connection,
+) -> None:
+    from tests.integration.test_import import upload
+
+    data = csv_file(20_000)
+    await seed(other_api)
+    _, body = await upload(other_api, data)
+    await run_jobs()
+    expected = await wait_for_job(other_api, body["data"]["id"], timeout=60)
+    assert expected["status"] == "succeeded"
+
+    await seed(api)
+    _, body = await upload(api, data)
+    job_id = body["data"]["id"]
+    first = worker_process()
+    while (await api.get(f"/jobs/{job_id}"))[1]["data"]["progress"]["processed"] < 2000:
+        await asyncio.sleep(0.01)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    worker_process()
+    job = await wait_for_job(api, job_id, timeout=90)
+    assert job["status"] == "succeeded" and job["attempts"] == 2
+    assert job["counts"] == expected["counts"]
+    assert job["errors_count"] == expected["errors_count"]
+    assert await snapshot(db, api.project_id) == await snapshot(db, other_api.project_id)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from listmill.records import JobKind
 
 from .add_members import apply_add_members
-from .base import ApplyBatch
+from .base import ApplyBatch, Plan, payload_plan
 from .bulk_status import apply_bulk_status, apply_remove_members
 from .bulk_upsert import apply_bulk_upsert
+from .csv_import import IMPORT_PLAN
 
 BATCH_APPLIERS: dict[JobKind, ApplyBatch] = {
     JobKind.BULK_SUBSCRIBE: apply_bulk_status,
@@ -17,3 +20,10 @@ BATCH_APPLIERS: dict[JobKind, ApplyBatch] = {
     JobKind.ADD_MEMBERS: apply_add_members,
     JobKind.REMOVE_MEMBERS: apply_remove_members,
 }
+
+
+def plan_for(kind: JobKind, payload: Any) -> Plan:
+    """How to run a job of ``kind``."""
+    if kind is JobKind.IMPORT:
+        return IMPORT_PLAN
+    return payload_plan(BATCH_APPLIERS[kind], payload)

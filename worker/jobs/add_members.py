@@ -7,20 +7,20 @@ from typing import Any
 
 from listmill.db import Connection
 from listmill.queries import contacts as contact_queries
-from listmill.queries import memberships as member_queries
 from listmill.records import JobRow
 from listmill.validation import normalize_email
 
 from .base import BatchOutcome
+from .memberships import Joining, join_list
 
 NOT_FOUND = "no contact with this id in this project"
-SUPPRESSED = "the contact is {status} for all email: it is not added to lists"
 
 
 async def _contact_ids(
     conn: Connection, job: JobRow, items: list[dict[str, Any]], outcome: BatchOutcome
-) -> dict[int, tuple[int, str | None]]:
-    """contact id -> (row number, email) for the items that name a contact of this project."""
+) -> tuple[dict[int, tuple[int, str | None]], dict[int, str]]:
+    """contact id -> (row number, email) for the items that name a contact of this project,
+    and contact id -> marketing status."""
     by_id = [item for item in items if "contact_id" in item]
     found = await contact_queries.find_by_ids(
         conn, job.project_id, [i["contact_id"] for i in by_id]
@@ -65,45 +65,22 @@ async def _contact_ids(
                 outcome.counts["duplicate"] += 1
             else:
                 targets[contact_id] = (row["row"], row["email"])
-    return _drop_suppressed(targets, statuses, outcome)
-
-
-def _drop_suppressed(
-    targets: dict[int, tuple[int, str | None]], statuses: dict[int, str], outcome: BatchOutcome
-) -> dict[int, tuple[int, str | None]]:
-    kept = {}
-    for contact_id, (row, email) in targets.items():
-        if statuses[contact_id] == "subscribed":
-            kept[contact_id] = (row, email)
-        else:
-            outcome.error(row, email, "suppressed", SUPPRESSED.format(status=statuses[contact_id]))
-            outcome.counts["suppressed"] += 1
-    return kept
+    return targets, statuses
 
 
 async def apply_add_members(
     conn: Connection, job: JobRow, items: list[Any], first: int
 ) -> BatchOutcome:
     outcome = BatchOutcome()
-    targets = await _contact_ids(conn, job, items, outcome)
-    if not targets:
-        return outcome
-    params = job.params
-    new_status = params["status"] or params["default_status"]
-    result = await member_queries.add_members(
-        conn,
-        job.project_id,
-        params["list_id"],
-        list(targets),
-        new_status=new_status,
-        requested_status=params["status"],
-        source=params["source"],
-    )
-    for before, changed in result.values():
-        outcome.counts["added" if before is None else "updated" if changed else "skipped"] += 1
-    if params["trigger_sequences"]:
-        newly = member_queries.newly_active(result, new_status, params["status"])
-        outcome.counts["enrolled"] += await member_queries.enroll_in_list_sequences(
-            conn, job.project_id, params["list_id"], newly, job.id
+    targets, statuses = await _contact_ids(conn, job, items, outcome)
+    if targets:
+        params = job.params
+        joining = Joining(
+            list_id=params["list_id"],
+            new_status=params["status"] or params["default_status"],
+            requested_status=params["status"],
+            source=params["source"],
+            trigger_sequences=params["trigger_sequences"],
         )
+        await join_list(conn, job, targets, statuses, joining, outcome)
     return outcome

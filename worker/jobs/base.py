@@ -9,6 +9,7 @@ from typing import Any
 
 from listmill.db import Connection
 from listmill.records import JobRow
+from listmill.settings import Settings
 
 # (row_number, email, code, message), as the error report shows it
 ErrorRow = tuple[int | None, str | None, str, str]
@@ -18,6 +19,7 @@ ErrorRow = tuple[int | None, str | None, str, str]
 class BatchOutcome:
     counts: Counter[str] = field(default_factory=Counter)
     errors: list[ErrorRow] = field(default_factory=list)
+    errors_dropped: int = 0  # error rows past the job's cap, counted but not kept
 
     def error(self, row_number: int, email: str | None, code: str, message: str) -> None:
         self.errors.append((row_number, email, code, message))
@@ -25,3 +27,39 @@ class BatchOutcome:
 
 # apply(conn, job, items, first_row_number) — runs inside the batch's transaction
 ApplyBatch = Callable[[Connection, JobRow, list[Any], int], Awaitable[BatchOutcome]]
+
+
+# apply_range(conn, job, after, upto) — the items at positions (after, upto], in the batch's
+# transaction
+ApplyRange = Callable[[Connection, JobRow, int, int], Awaitable[BatchOutcome]]
+
+
+@dataclass
+class Prepared:
+    """What a kind's one-off preparation found: the item count, and counts and error rows
+    that belong to no batch (an import's invalid and duplicate rows)."""
+
+    total: int
+    outcome: BatchOutcome
+
+
+# prepare(conn, job, settings) — runs once, in one transaction, before the first batch
+Prepare = Callable[[Connection, JobRow, Settings], Awaitable[Prepared]]
+# cleanup(conn, job, settings) — after the job ended, whatever its status
+Cleanup = Callable[[Connection, JobRow, Settings], Awaitable[None]]
+
+
+@dataclass
+class Plan:
+    apply_range: ApplyRange
+    prepare: Prepare | None = None
+    cleanup: Cleanup | None = None
+
+
+def payload_plan(apply: ApplyBatch, payload: list[Any]) -> Plan:
+    """The plan of a kind whose items were stored with the job (ids, emails, contacts)."""
+
+    async def apply_range(conn: Connection, job: JobRow, after: int, upto: int) -> BatchOutcome:
+        return await apply(conn, job, payload[after:upto], after + 1)
+
+    return Plan(apply_range=apply_range)

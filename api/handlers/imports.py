@@ -1,0 +1,131 @@
+"""POST /contacts/import: the CSV is streamed into Postgres in chunks as it arrives (never
+held whole in memory, never written to local disk), its header checked, and a job queued."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from api.context import POOL, REDIS, SETTINGS, auth_of
+from api.handlers.bulk import idempotency_key
+from api.http import data_response, requires, validate
+from api.models import ImportOptions
+from listmill.csvimport import HeaderError, read_header
+from listmill.db import Connection
+from listmill.errors import (
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from listmill.jobs.submit import Replay, Submission, earlier_job, fingerprint, store, wake
+from listmill.queries import imports as queries
+from listmill.queries import lists as list_queries
+from listmill.records import Job, JobKind, ListStatus, OptInProcess
+
+CSV_TYPES = ("text/csv", "application/csv", "text/plain", "application/vnd.ms-excel")
+Read = Callable[[int], Awaitable[bytes]]
+
+
+async def _chunks(read: Read, size: int) -> AsyncIterator[bytes]:
+    """The stream cut into chunks of ``size`` bytes (the last one shorter)."""
+    buffer = bytearray()
+    while True:
+        data = await read(size - len(buffer))
+        if not data:
+            break
+        buffer += data
+        if len(buffer) >= size:
+            yield bytes(buffer)
+            buffer.clear()
+    if buffer:
+        yield bytes(buffer)
+
+
+async def _store_file(conn: Connection, request: web.Request, job_id: uuid.UUID, read: Read) -> str:
+    """Stream the file into chunks in the caller's transaction; the sha256 of its bytes.
+    413 past the upload limit, 422 when the header row has no email column."""
+    settings = request.app[SETTINGS]
+    size, seq, digest = 0, 0, hashlib.sha256()
+    async for chunk in _chunks(read, settings.upload_chunk_bytes):
+        size += len(chunk)
+        if size > settings.max_upload_bytes:
+            raise PayloadTooLarge(f"the file is larger than {settings.max_upload_bytes} bytes")
+        if seq == 0:
+            _check_header(chunk)
+        digest.update(chunk)
+        await queries.insert_chunk(conn, job_id, seq, chunk)
+        seq += 1
+    if seq == 0:
+        raise ValidationFailed.on("file", "the file is empty", "empty_file")
+    return digest.hexdigest()
+
+
+def _check_header(first_chunk: bytes) -> None:
+    try:
+        read_header(first_chunk)
+    except HeaderError as exc:
+        raise ValidationFailed.on("file", str(exc), "csv_header") from None
+
+
+async def _check_list(conn: Connection, project_id: int, options: ImportOptions) -> dict[str, Any]:
+    """Import parameters derived from the target list (404 unknown, 409 archived)."""
+    if options.list_id is None:
+        return {"default_status": "subscribed"}
+    found = await list_queries.get_list(conn, project_id, options.list_id)
+    if found is None:
+        raise NotFound("list not found")
+    if found.status is ListStatus.ARCHIVED:
+        raise Conflict("the list is archived: it takes no new members")
+    double = found.opt_in_process is OptInProcess.DOUBLE
+    return {"default_status": "pending" if double else "subscribed"}
+
+
+async def _source(request: web.Request, options: dict[str, str]) -> Read:
+    """Where the CSV bytes come from; multipart fields before the file join ``options``."""
+    if request.content_type in CSV_TYPES:
+        return request.content.read
+    if request.content_type != "multipart/form-data":
+        raise UnsupportedMediaType("send the CSV as multipart/form-data (field file) or text/csv")
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            continue
+        if part.name == "file":
+            validate(ImportOptions, options)  # options are checked before the upload is read
+            return part.read_chunk
+        options[part.name or ""] = await part.text()
+    raise ValidationFailed.on("file", "no file part in the form", "missing")
+
+
+@requires("contacts:write")
+async def import_contacts(request: web.Request) -> web.Response:
+    """POST /contacts/import -> 202 job, on the large lane."""
+    project_id = auth_of(request).project_id
+    key = idempotency_key(request)
+    raw_options: dict[str, str] = dict(request.query)
+    validate(ImportOptions, raw_options)
+    read = await _source(request, raw_options)
+    pool, settings, job_id = request.app[POOL], request.app[SETTINGS], uuid.uuid4()
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            file_digest = await _store_file(conn, request, job_id, read)
+            options = validate(ImportOptions, raw_options)
+            params = options.model_dump(mode="json") | await _check_list(conn, project_id, options)
+            submission = Submission(
+                project_id=project_id, kind=JobKind.IMPORT, params=params, payload=None,
+                total=None, counts={}, idempotency_key=key,
+                fingerprint=fingerprint("POST", request.path, [file_digest, params]),
+            )  # fmt: skip
+            job = await store(conn, settings, submission, job_id)
+    except Replay as replay:
+        job = await earlier_job(pool, project_id, replay)
+        return data_response(Job.from_row(job), headers={"Location": f"/api/v1/jobs/{job.id}"})
+    await wake(pool, request.app[REDIS], settings, job)
+    location = f"/api/v1/jobs/{job.id}"
+    return data_response(Job.from_row(job), status=202, headers={"Location": location})

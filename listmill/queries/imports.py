@@ -1,0 +1,101 @@
+"""SQL for imports: the uploaded file's chunks and the staged rows."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from listmill.db import Connection
+
+STAGED_COLUMNS = (
+    "job_id", "position", "row_number", "email", "email_normalized", "first_name", "last_name",
+    "country", "time_zone", "data",
+)  # fmt: skip
+
+
+async def insert_chunk(conn: Connection, job_id: UUID, seq: int, data: bytes) -> None:
+    await conn.execute(
+        "INSERT INTO job_file_chunks (job_id, seq, data) VALUES ($1, $2, $3)", job_id, seq, data
+    )
+
+
+async def read_chunk(conn: Connection, job_id: UUID, seq: int) -> bytes | None:
+    return await conn.fetchval(  # type: ignore[no-any-return]
+        "SELECT data FROM job_file_chunks WHERE job_id = $1 AND seq = $2", job_id, seq
+    )
+
+
+async def stage_rows(conn: Connection, records: list[tuple[Any, ...]]) -> None:
+    """COPY parsed rows into the staging table."""
+    await conn.copy_records_to_table("import_rows", records=records, columns=STAGED_COLUMNS)
+
+
+async def mark_duplicates(conn: Connection, job_id: UUID) -> int:
+    """Flag every row of the file whose email a later row repeats (the last row wins)."""
+    result = await conn.execute(
+        """
+        UPDATE import_rows r SET duplicate = true
+        FROM (
+            SELECT position, row_number() OVER (
+                PARTITION BY email_normalized ORDER BY position DESC) AS nth
+            FROM import_rows WHERE job_id = $1
+        ) d
+        WHERE r.job_id = $1 AND r.position = d.position AND d.nth > 1
+        """,
+        job_id,
+    )
+    return int(result.split()[-1])
+
+
+async def staged_emails(
+    conn: Connection, job_id: UUID, after: int, upto: int
+) -> list[tuple[str, int, str]]:
+    """(email_normalized, row_number, email) of the rows to apply between two positions."""
+    rows = await conn.fetch(
+        """
+        SELECT email_normalized, row_number, email FROM import_rows
+        WHERE job_id = $1 AND position > $2 AND position <= $3 AND NOT duplicate
+        """,
+        job_id,
+        after,
+        upto,
+    )
+    return [(r["email_normalized"], r["row_number"], r["email"]) for r in rows]
+
+
+async def mirror_unsubscribe(conn: Connection, project_id: int, list_id: int, job_id: UUID) -> int:
+    """Unsubscribe (never delete) the list's members whose email is not in the file."""
+    result = await conn.execute(
+        """
+        UPDATE list_memberships m
+        SET status = 'unsubscribed', unsubscribed_at = now(), updated_at = now()
+        WHERE m.list_id = $2 AND m.status IN ('pending', 'subscribed', 'confirmed')
+          AND NOT EXISTS (
+              SELECT 1 FROM contacts c JOIN import_rows r
+                ON r.job_id = $3 AND r.email_normalized = c.email_normalized
+              WHERE c.id = m.contact_id AND c.project_id = $1
+          )
+        """,
+        project_id,
+        list_id,
+        job_id,
+    )
+    return int(result.split()[-1])
+
+
+async def discard_staging(conn: Connection, job_id: UUID, with_file: bool) -> None:
+    await conn.execute("DELETE FROM import_rows WHERE job_id = $1", job_id)
+    if with_file:
+        await conn.execute("DELETE FROM job_file_chunks WHERE job_id = $1", job_id)
+
+
+async def purge_files(conn: Connection, older_than_seconds: int) -> int:
+    """Delete the files of imports that ended more than ``older_than_seconds`` ago."""
+    result = await conn.execute(
+        """
+        DELETE FROM job_file_chunks f USING jobs j
+        WHERE f.job_id = j.id AND j.finished_at < now() - make_interval(secs => $1)
+        """,
+        float(older_than_seconds),
+    )
+    return int(result.split()[-1])

@@ -1,0 +1,251 @@
+"""CSV import end to end: upload shapes, modes and options, errors, dry run, idempotency."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import asyncpg
+from aiohttp import FormData
+
+from tests.conftest import Api, RunJobs, wait_for_job
+
+
+async def upload(
+    api: Api,
+    data: bytes,
+    *,
+    multipart: bool = True,
+    headers: dict[str, str] | None = None,
+    **options: Any,
+) -> tuple[int, Any]:
+    sent = {"Authorization": f"Bearer {api.key}", **(headers or {})}
+    params = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items()}
+    if multipart:
+        form = FormData()
+        for name, value in params.items():
+            form.add_field(name, value)
+        form.add_field("file", io.BytesIO(data), filename="contacts.csv", content_type="text/csv")
+        response = await api.client.post("/api/v1/contacts/import", data=form, headers=sent)
+    else:
+        response = await api.client.post(
+            "/api/v1/contacts/import", data=data, params=params,
+            headers={**sent, "Content-Type": "text/csv"},
+        )  # fmt: skip
+    return response.status, await response.json()
+
+
+async def run_import(api: Api, run_jobs: RunJobs, data: bytes, **options: Any) -> dict[str, Any]:
+    status, body = await upload(api, data, **options)
+    assert status == 202, body
+    assert body["data"]["lane"] == "large" and body["data"]["kind"] == "import"
+    await run_jobs()
+    return await wait_for_job(api, body["data"]["id"])
+
+
+CORPUS = (
+    b"\xef\xbb\xbfEmail Address;First Name;Last Name;Plan;Company\r\n"
+    b'ann@example.com;Ann;Lee;pro;"Acme; Inc"\r\n'
+    b'BOB@example.com;Bob;;free;"Multi\r\nline"\r\n'
+    b"\r\n"
+    b"not-an-email;X;;;\r\n"
+    b"=cmd|' /C calc'!A0;Evil;;;\r\n"
+    b"carl@example.com;Carl\r\n"
+    b"Ann@Example.com;Annie;;;\r\n"
+    b"d@example.com;Jos\xe9;;;\r\n"
+)
+
+
+async def test_real_world_file_gives_exact_counts_and_errors(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    job = await run_import(api, run_jobs, CORPUS)
+    assert job["status"] == "succeeded", job
+    assert job["counts"] == {"created": 3, "invalid": 3, "duplicate": 1}
+    assert job["progress"]["total"] == job["progress"]["processed"] == 7
+    rows = await db.fetch(
+        "SELECT email, first_name, last_name, data::text AS d FROM contacts ORDER BY email_normalized"
+    )
+    assert [(r["email"], r["first_name"]) for r in rows] == [
+        ("Ann@Example.com", "Annie"), ("BOB@example.com", "Bob"), ("carl@example.com", "Carl")
+    ]  # fmt: skip
+    assert rows[1]["d"] == '{"Plan": "free", "Company": "Multi\\r\\nline"}'
+    _, errors = await api.get(f"/jobs/{job['id']}/errors")
+    assert [(e["row_number"], e["code"]) for e in errors["data"]] == [
+        (5, "invalid_email"), (6, "invalid_email"), (9, "invalid_encoding")
+    ]  # fmt: skip
+    response = await api.client.get(
+        f"/api/v1/jobs/{job['id']}/errors",
+        headers={"Authorization": f"Bearer {api.key}", "Accept": "text/csv"},
+    )
+    assert "'=cmd|' /C calc'!A0" in await response.text()
+    # nothing of the upload is left behind
+    assert await db.fetchval("SELECT count(*) FROM job_file_chunks") == 0
+    assert await db.fetchval("SELECT count(*) FROM import_rows") == 0
+
+
+async def test_raw_text_csv_body_with_tabs(api: Api, run_jobs: RunJobs) -> None:
+    status, body = await upload(api, b"email\tcountry\nt@example.com\tDE\n", multipart=False)
+    assert status == 202
+    await run_jobs()
+    job = await wait_for_job(api, body["data"]["id"])
+    assert job["counts"] == {"created": 1}
+
+
+async def test_upload_refusals(api: Api, db: asyncpg.Connection) -> None:
+    cases = [
+        (b"", {}, 422, "empty"),
+        (b"name,phone\nx,1\n", {}, 422, "no email column"),
+        (b"\x00\x01\x02\x03", {}, 422, "not text"),
+        (b"email\na@b.co\n", {"mode": "mirror"}, 422, "list_id"),
+        (b"email\na@b.co\n", {"mode": "bogus"}, 422, "mode"),
+        (b"email\na@b.co\n", {"list_id": 9999}, 404, "list not found"),
+        (b"email\na@b.co\n", {"consent_ip": "nope"}, 422, "IPv4"),
+    ]
+    for data, options, status, text in cases:
+        got, body = await upload(api, data, **options)
+        assert got == status, (options, body)
+        assert text in str(body["error"]), body
+    response = await api.client.post(
+        "/api/v1/contacts/import", data=b"{}",
+        headers={"Authorization": f"Bearer {api.key}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    assert response.status == 415
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 0
+    assert await db.fetchval("SELECT count(*) FROM job_file_chunks") == 0
+
+
+async def test_too_large_is_413_and_nothing_stays(
+    api: Api,
+    db: asyncpg.Connection,
+    settings: Any,
+    aiohttp_client: Any,
+    database_url: str,
+    redis_url: str,
+) -> None:
+    from api.app import create_app
+    from tests.conftest import Api as Client
+    from tests.conftest import make_settings
+
+    small = make_settings(database_url, redis_url, max_upload_bytes=1000, upload_chunk_bytes=256)
+    limited = Client(await aiohttp_client(create_app(small)), api.key, api.project_id)
+    data = b"email\n" + b"".join(b"user%d@example.com\n" % i for i in range(200))
+    status, body = await upload(limited, data)
+    assert status == 413 and body["error"]["code"] == "payload_too_large"
+    assert await db.fetchval("SELECT count(*) FROM job_file_chunks") == 0
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 0
+
+
+async def test_modes_upsert_fill_blanks_and_unchanged(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    await api.post(
+        "/contacts",
+        {"email": "a@example.com", "first_name": "Old", "data": {"k": "1", "keep": "y"}},
+    )
+    before = await db.fetchval("SELECT updated_at FROM contacts")
+    job = await run_import(api, run_jobs, b"email,first_name,k\na@example.com,,1\n")
+    assert job["counts"] == {"unchanged": 1}
+    assert await db.fetchval("SELECT updated_at FROM contacts") == before
+    job = await run_import(
+        api,
+        run_jobs,
+        b"email,first_name,last_name,k\na@example.com,New,Lee,2\n",
+        mode="fill_blanks",
+    )
+    assert job["counts"] == {"updated": 1}
+    row = await db.fetchrow("SELECT first_name, last_name, data::text AS d FROM contacts")
+    assert row is not None and (row["first_name"], row["last_name"]) == ("Old", "Lee")
+    assert row["d"] == '{"k": "1", "keep": "y"}'
+    job = await run_import(
+        api, run_jobs, b"email,first_name,k\na@example.com,New,2\n", mode="upsert"
+    )
+    row = await db.fetchrow("SELECT first_name, data::text AS d FROM contacts")
+    assert row is not None and row["first_name"] == "New" and row["d"] == '{"k": "2", "keep": "y"}'
+
+
+async def test_list_import_resubscribe_mirror_and_enrollment(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    _, made = await api.post("/lists", {"name": "Sync"})
+    list_id = made["data"]["id"]
+    await api.post(
+        "/sequences", {"name": "W", "trigger_config": {"type": "list_added", "list_id": list_id}}
+    )
+    first = b"email\nkeep@example.com\nleave@example.com\nquit@example.com\n"
+    job = await run_import(api, run_jobs, first, list_id=list_id)
+    assert job["counts"] == {"created": 3, "added": 3, "enrolled": 3}
+    await db.execute("UPDATE contacts SET status = 'unsubscribed' WHERE email = 'quit@example.com'")
+    second = b"email\nkeep@example.com\nquit@example.com\nnew@example.com\n"
+    job = await run_import(api, run_jobs, second, list_id=list_id, mode="mirror")
+    assert job["counts"] == {
+        "created": 1, "unchanged": 2, "skipped": 1, "suppressed": 1, "added": 1, "enrolled": 1,
+        "unsubscribed": 1,
+    }  # fmt: skip
+    statuses = dict(await db.fetch(
+        "SELECT c.email, m.status FROM list_memberships m JOIN contacts c ON c.id = m.contact_id"
+    ))  # fmt: skip
+    assert statuses == {
+        "keep@example.com": "subscribed", "leave@example.com": "unsubscribed",
+        "quit@example.com": "subscribed", "new@example.com": "subscribed",
+    }  # fmt: skip
+    job = await run_import(
+        api, run_jobs, b"email\nquit@example.com\n", list_id=list_id, resubscribe=True
+    )
+    assert job["counts"] == {"unchanged": 1, "resubscribed": 1, "skipped": 1}
+    _, body = await api.get(f"/lists/{list_id}")
+    assert body["data"]["member_count"] == 3
+    assert await db.fetchval("SELECT count(*) FROM sequence_enrollments") == 4
+
+
+async def test_dry_run_counts_equal_the_real_run_and_write_nothing(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    _, made = await api.post("/lists", {"name": "Dry"})
+    list_id = made["data"]["id"]
+    await api.post("/contacts", {"email": "ann@example.com", "first_name": "A"})
+    dry = await run_import(api, run_jobs, CORPUS, list_id=list_id, dry_run=True)
+    assert await db.fetchval("SELECT count(*) FROM contacts") == 1
+    assert await db.fetchval("SELECT count(*) FROM list_memberships") == 0
+    real = await run_import(api, run_jobs, CORPUS, list_id=list_id)
+    assert dry["counts"] == real["counts"] and dry["errors_count"] == real["errors_count"]
+    assert await db.fetchval("SELECT count(*) FROM contacts") == 3
+
+
+async def test_trigger_sequences_false_writes_memberships_without_enrollment(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    _, made = await api.post("/lists", {"name": "Migration"})
+    list_id = made["data"]["id"]
+    await api.post(
+        "/sequences", {"name": "W", "trigger_config": {"type": "list_added", "list_id": list_id}}
+    )
+    job = await run_import(
+        api, run_jobs, b"email\nm@example.com\n", list_id=list_id, trigger_sequences=False,
+        source="migration", consent_ip="203.0.113.9", consent_source="old-crm",
+    )  # fmt: skip
+    assert job["counts"] == {"created": 1, "added": 1}
+    row = await db.fetchrow(
+        "SELECT source, host(consent_ip) AS ip, consent_source FROM list_memberships"
+    )
+    assert row is not None and tuple(row) == ("migration", "203.0.113.0", "old-crm")
+    assert await db.fetchval("SELECT count(*) FROM sequence_enrollments") == 0
+
+
+async def test_import_idempotency(api: Api) -> None:
+    headers = {"Idempotency-Key": "nightly"}
+    status, first = await upload(api, b"email\na@example.com\n", headers=headers)
+    assert status == 202
+    status, again = await upload(api, b"email\na@example.com\n", headers=headers)
+    assert status == 200 and again["data"]["id"] == first["data"]["id"]
+    status, _ = await upload(api, b"email\nb@example.com\n", headers=headers)
+    assert status == 409
+
+
+async def test_many_batches_and_cancel(api: Api, run_jobs: RunJobs, db: asyncpg.Connection) -> None:
+    data = b"email,first_name\n" + b"".join(b"u%d@example.com,U%d\n" % (i, i) for i in range(1050))
+    job = await run_import(api, run_jobs, data)
+    assert job["counts"] == {"created": 1050}
+    assert job["progress"]["percent"] == 100.0
+    job = await run_import(api, run_jobs, data)
+    assert job["counts"] == {"unchanged": 1050}

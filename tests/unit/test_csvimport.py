@@ -1,0 +1,86 @@
+"""The CSV rules on real-world shapes, fed in chunks of every size."""
+
+from __future__ import annotations
+
+import pytest
+
+from listmill.csvimport import (
+    CsvReader,
+    HeaderError,
+    ParsedRow,
+    RowError,
+    contact_from_row,
+    read_header,
+)
+
+
+def parse(data: bytes, chunk: int = 7) -> list[ParsedRow]:
+    reader = CsvReader(read_header(data[:4096]))
+    rows: list[ParsedRow] = []
+    for start in range(0, len(data), chunk):
+        rows += reader.feed(data[start : start + chunk])
+    return rows + list(reader.finish())
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64, 10_000])
+def test_quoted_newlines_quotes_crlf_and_bom_across_chunks(chunk: int) -> None:
+    data = (
+        b"\xef\xbb\xbfemail,first_name,notes\r\n"
+        b'a@example.com,Ann,"line one\r\nline ""two"""\r\n'
+        b"\r\n"
+        b'b@example.com,"Bo, Jr",plain\r\n'
+    )
+    rows = parse(data, chunk)
+    assert [r.values for r in rows] == [
+        ["a@example.com", "Ann", 'line one\r\nline "two"'],
+        ["b@example.com", "Bo, Jr", "plain"],
+    ]
+    assert [r.number for r in rows] == [2, 4]  # as a spreadsheet numbers them
+
+
+@pytest.mark.parametrize(
+    ("delimiter", "header"), [(";", b"Email Address;Vorname"), ("\t", b"E-Mail\tfirst")]
+)
+def test_delimiter_is_sniffed_and_aliases_map(delimiter: str, header: bytes) -> None:
+    parsed = read_header(header + b"\n")
+    assert parsed.delimiter == delimiter
+    assert parsed.mapping[0] == "email"
+
+
+def test_header_errors() -> None:
+    for data, message in (
+        (b"", "empty"),
+        (b"   \n", "empty"),
+        (b"name,phone\nx,1\n", "no email column"),
+        (b"email,\x00\x01\x02", "not text"),
+        (b"email,e-mail\n", "same contact field twice"),
+    ):
+        with pytest.raises(HeaderError, match=message):
+            read_header(data)
+
+
+def test_rows_become_contacts_or_error_rows() -> None:
+    header = read_header(b"Email,First Name,Country,Plan,Seats\n")
+    ok = contact_from_row(header, ParsedRow(2, [" Ann@Example.COM ", "Ann", "GB", "pro", ""]))
+    assert ok == {
+        "email": "Ann@Example.COM", "email_normalized": "ann@example.com",
+        "first_name": "Ann", "country": "GB", "data": {"Plan": "pro"},
+    }  # fmt: skip
+    ragged = contact_from_row(header, ParsedRow(3, ["b@example.com"]))
+    assert isinstance(ragged, dict) and ragged["data"] == {}
+    for values, code in (
+        (["not-an-email"], "invalid_email"),
+        ([""], "invalid_email"),
+        (["x" * 250 + "@example.com"], "invalid_email"),
+        (["c@example.com", "y" * 300], "invalid_field"),
+    ):
+        error = contact_from_row(header, ParsedRow(4, values))
+        assert isinstance(error, RowError) and error.code == code and error.number == 4
+
+
+def test_invalid_utf8_is_an_error_row_not_a_crash() -> None:
+    rows = parse(b"email,name\nd@example.com,Jos\xe9\ne@example.com,ok\n")
+    header = read_header(b"email,name\n")
+    first = contact_from_row(header, rows[0])
+    assert isinstance(first, RowError) and first.code == "invalid_encoding"
+    assert isinstance(contact_from_row(header, rows[1]), dict)
