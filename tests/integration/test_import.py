@@ -64,7 +64,8 @@ async def test_real_world_file_gives_exact_counts_and_errors(
     assert job["counts"] == {"created": 3, "invalid": 3, "duplicate": 1}
     assert job["progress"]["total"] == job["progress"]["processed"] == 7
     rows = await db.fetch(
-        "SELECT email, first_name, last_name, data::text AS d FROM contacts ORDER BY email_normalized"
+        "SELECT email, first_name, last_name, data::text AS d FROM contacts"
+        " ORDER BY email_normalized"
     )
     assert [(r["email"], r["first_name"]) for r in rows] == [
         ("Ann@Example.com", "Annie"), ("BOB@example.com", "Bob"), ("carl@example.com", "Carl")
