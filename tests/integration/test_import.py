@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 from aiohttp import FormData
 
+from listmill.settings import Settings
 from tests.conftest import Api, RunJobs, wait_for_job
 
 
@@ -250,3 +251,35 @@ async def test_many_batches_and_cancel(api: Api, run_jobs: RunJobs, db: asyncpg.
     assert job["progress"]["percent"] == 100.0
     job = await run_import(api, run_jobs, data)
     assert job["counts"] == {"unchanged": 1050}
+
+
+async def test_file_kept_for_its_retention_then_purged_by_the_reaper(
+    api: Api, settings: Settings, redis_url: str, db: asyncpg.Connection
+) -> None:
+    import asyncio
+
+    from arq.connections import ArqRedis
+
+    from worker.context import WorkerContext
+    from worker.reaper import reap
+    from worker.settings import in_process_workers, make_context
+
+    settings = settings.model_copy(update={"import_file_retention_seconds": 1})
+    context = await make_context(settings)
+    redis: ArqRedis = ArqRedis.from_url(redis_url)
+    try:
+        _, body = await upload(api, b"email\nkept@example.com\n")
+        for worker in in_process_workers(settings, context, burst=True):
+            await worker.async_run()
+            await worker.close()
+        job = await wait_for_job(api, body["data"]["id"])
+        assert job["status"] == "succeeded"
+        assert await db.fetchval("SELECT count(*) FROM job_file_chunks") == 1
+        assert await db.fetchval("SELECT count(*) FROM import_rows") == 0
+        await asyncio.sleep(1.1)
+        summary = await reap(WorkerContext(**context, redis=redis))
+        assert summary["file_chunks_purged"] == 1
+        assert await db.fetchval("SELECT count(*) FROM job_file_chunks") == 0
+    finally:
+        await redis.aclose()
+        await context["pool"].close()
