@@ -12,6 +12,7 @@ from api.handlers import (
     jobs,
     lists,
     members,
+    ops,
     public,
     sequences,
 )
@@ -62,6 +63,8 @@ def setup_routes(app: web.Application) -> None:
             web.patch(f"{API}/sequences/{{id}}", sequences.patch_sequence),
             web.delete(f"{API}/sequences/{{id}}", sequences.delete_sequence),
             web.get(f"{API}/sequences/{{id}}/enrollments", sequences.list_enrollments),
+            # operations
+            web.get(f"{API}/ops/queues", ops.queues),
             # jobs
             web.get(f"{API}/jobs", jobs.list_jobs),
             web.get(f"{API}/jobs/{{id}}", jobs.get_job),

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     membership_rate_limit: int = 30
     membership_rate_window_seconds: int = 60
     reconcile_interval_minutes: int = 60
+    retention_interval_minutes: int = 60
+    job_retention_days: int = 90
+    error_retention_days: int = 30
+    worker_metrics_port: int = 9108
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: str = "INFO"
 
@@ -59,7 +63,7 @@ class Settings(BaseSettings):
     job_stale_queued_seconds: int = 30
     job_error_cap: int = 10_000
     reaper_interval_seconds: int = 10
-    large_job_threshold: int = 10_000
+    large_job_threshold: int = 2_000
 
     max_json_body_bytes: int = 8 * 1024 * 1024
     max_upload_bytes: int = 256 * 1024 * 1024

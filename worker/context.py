@@ -19,3 +19,4 @@ class WorkerContext(TypedDict, total=False):
     settings: Settings
     pool: Pool
     worker_id: str
+    running_jobs: set[str]  # ids of the jobs this process is running now

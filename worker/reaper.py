@@ -9,7 +9,6 @@ from __future__ import annotations
 import structlog
 
 from listmill.jobs.queue import wake_worker
-from listmill.queries import imports as import_queries
 from listmill.queries import jobs as queries
 from worker.context import WorkerContext
 
@@ -21,9 +20,6 @@ async def reap(ctx: WorkerContext) -> dict[str, int]:
     async with ctx["pool"].acquire() as conn:
         expired = await queries.reap_expired_leases(conn)
         stale = await queries.reap_stale_queued(conn, settings.job_stale_queued_seconds)
-        purged = 0
-        if settings.import_file_retention_seconds > 0:  # otherwise files go when jobs end
-            purged = await import_queries.purge_files(conn, settings.import_file_retention_seconds)
     requeued = [
         (job_id, lane, attempts) for job_id, status, lane, attempts in expired if status == "queued"
     ]
@@ -34,7 +30,6 @@ async def reap(ctx: WorkerContext) -> dict[str, int]:
         "lease_expired": len(requeued),
         "failed": failed,
         "rewoken": len(stale),
-        "file_chunks_purged": purged,
     }
     if any(summary.values()):
         log.info("reaper_ran", **summary)

@@ -70,9 +70,12 @@ async def run_job(ctx: WorkerContext, job_id: str) -> str:
     job, payload = claimed
     structlog.contextvars.bind_contextvars(project_id=job.project_id, kind=job.kind.value)
     heart = asyncio.create_task(_heartbeat(ctx, job.id, lease))
+    running = ctx.get("running_jobs", set())
+    running.add(job_id)
     try:
         return await _run_claimed(ctx, job, payload, lease, heart)
     finally:
+        running.discard(job_id)
         heart.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await heart

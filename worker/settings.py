@@ -10,23 +10,24 @@ import socket
 from typing import Any, cast
 
 import structlog
-from arq.connections import RedisSettings
-from arq.cron import cron
+from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker
+from redis import exceptions as redis_errors
 
 from listmill.db import create_pool
 from listmill.logs import configure_logging
+from listmill.presence import now_iso, publish_worker, remove_worker
 from listmill.settings import Lane, Settings
 from worker.context import WorkerContext
-from worker.reaper import reap
-from worker.reconcile import reconcile_member_counts
 from worker.runner import run_job
+from worker.scheduled import scheduled_runs
 
 log = structlog.get_logger(__name__)
 
 # arq re-runs a SIGKILLed task only after its timeout; Postgres leases do that job here, so the
 # timeout is only an upper bound for one run and results are not kept (the id frees at once).
 JOB_TIMEOUT_SECONDS = 6 * 3600
+PRESENCE_SECONDS = 5
 
 
 def make_worker(
@@ -34,31 +35,7 @@ def make_worker(
 ) -> Worker:
     """An arq Worker for one lane; the small lane's also runs the reaper (not in burst mode,
     where a cron's next run, always queued, would keep the worker from ever finishing)."""
-    crons = []
-    if lane is Lane.SMALL and not burst:
-        every = max(1, settings.reaper_interval_seconds)
-        crons.append(
-            cron(
-                cast(Any, reap),
-                name="reaper",
-                second=set(range(0, 60, every)),
-                run_at_startup=True,
-                unique=True,
-                timeout=60,
-                keep_result=0,
-            )
-        )
-        crons.append(
-            cron(
-                cast(Any, reconcile_member_counts),
-                name="reconcile_member_counts",
-                minute=set(range(0, 60, max(1, min(settings.reconcile_interval_minutes, 60)))),
-                second=0,
-                unique=True,
-                timeout=600,
-                keep_result=0,
-            )
-        )
+    crons = scheduled_runs(settings) if lane is Lane.SMALL and not burst else []
     return Worker(
         functions=[cast(Any, run_job)],
         queue_name=settings.lane_queue(lane),
@@ -81,7 +58,33 @@ async def make_context(settings: Settings) -> WorkerContext:
         settings=settings,
         pool=await create_pool(settings),
         worker_id=f"{socket.gethostname()}:{os.getpid()}",
+        running_jobs=set(),
     )
+
+
+async def _publish_presence(settings: Settings, context: WorkerContext) -> None:
+    """One heartbeat per worker process, for operators: lanes, host, pid, current jobs."""
+    redis: ArqRedis = ArqRedis.from_url(settings.redis_url, socket_timeout=2.0)
+    record = {
+        "worker_id": context["worker_id"],
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "lanes": [lane.value for lane in settings.lanes()],
+        "started_at": now_iso(),
+    }
+    try:
+        while True:
+            try:
+                await publish_worker(
+                    redis, settings, {**record, "current_jobs": sorted(context["running_jobs"])}
+                )
+            except (OSError, redis_errors.RedisError) as exc:
+                log.warning("presence_not_published", error=repr(exc))
+            await asyncio.sleep(PRESENCE_SECONDS)
+    finally:
+        with contextlib.suppress(OSError, redis_errors.RedisError):
+            await remove_worker(redis, settings, context["worker_id"])
+        await redis.aclose()
 
 
 async def serve(settings: Settings) -> None:
@@ -93,15 +96,16 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     tasks = [asyncio.create_task(w.async_run()) for w in workers]
+    presence = asyncio.create_task(_publish_presence(settings, context))
     log.info("worker_started", lanes=[lane.value for lane in settings.lanes()])
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
     for w in workers:
         with contextlib.suppress(asyncio.CancelledError):
             await w.close()
-    for task in tasks:
+    for task in [*tasks, presence]:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(*tasks, presence, return_exceptions=True)
     await context["pool"].close()
     log.info("worker_stopped")
 

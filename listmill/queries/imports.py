@@ -87,15 +87,3 @@ async def discard_staging(conn: Connection, job_id: UUID, with_file: bool) -> No
     await conn.execute("DELETE FROM import_rows WHERE job_id = $1", job_id)
     if with_file:
         await conn.execute("DELETE FROM job_file_chunks WHERE job_id = $1", job_id)
-
-
-async def purge_files(conn: Connection, older_than_seconds: int) -> int:
-    """Delete the files of imports that ended more than ``older_than_seconds`` ago."""
-    result = await conn.execute(
-        """
-        DELETE FROM job_file_chunks f USING jobs j
-        WHERE f.job_id = j.id AND j.finished_at < now() - make_interval(secs => $1)
-        """,
-        float(older_than_seconds),
-    )
-    return int(result.split()[-1])

@@ -253,7 +253,7 @@ async def test_many_batches_and_cancel(api: Api, run_jobs: RunJobs, db: asyncpg.
     assert job["counts"] == {"unchanged": 1050}
 
 
-async def test_file_kept_for_its_retention_then_purged_by_the_reaper(
+async def test_file_kept_for_its_retention_then_purged_by_retention(
     api: Api, settings: Settings, redis_url: str, db: asyncpg.Connection
 ) -> None:
     import asyncio
@@ -261,7 +261,7 @@ async def test_file_kept_for_its_retention_then_purged_by_the_reaper(
     from arq.connections import ArqRedis
 
     from worker.context import WorkerContext
-    from worker.reaper import reap
+    from worker.retention import apply_retention
     from worker.settings import in_process_workers, make_context
 
     settings = settings.model_copy(update={"import_file_retention_seconds": 1})
@@ -277,8 +277,8 @@ async def test_file_kept_for_its_retention_then_purged_by_the_reaper(
         assert await db.fetchval("SELECT count(*) FROM job_file_chunks") == 1
         assert await db.fetchval("SELECT count(*) FROM import_rows") == 0
         await asyncio.sleep(1.1)
-        summary = await reap(WorkerContext(**context, redis=redis))
-        assert summary["file_chunks_purged"] == 1
+        summary = await apply_retention(WorkerContext(**context, redis=redis))
+        assert summary["file_chunks"] == 1
         assert await db.fetchval("SELECT count(*) FROM job_file_chunks") == 0
     finally:
         await redis.aclose()

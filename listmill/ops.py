@@ -1,0 +1,76 @@
+"""The operators' view of the queues: Postgres says what is queued, running and done; Redis
+says which workers are alive and how the scheduled runs went. One report for the JSON
+endpoint, the dashboard, the metrics and `listmill queues`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from arq.connections import ArqRedis
+
+from listmill.db import Pool
+from listmill.presence import live_workers, scheduled_runs
+from listmill.queries import ops as queries
+from listmill.settings import Lane, Settings
+
+LANE_FIELDS = (
+    "depth", "scheduled", "in_progress", "finished_5m", "failed_5m", "finished_60m", "failed_60m"
+)  # fmt: skip
+
+
+def _lane(lane: Lane, figures: dict[str, Any], redis_messages: int | None) -> dict[str, Any]:
+    report: dict[str, Any] = {"lane": lane.value}
+    report.update({name: int(figures.get(name) or 0) for name in LANE_FIELDS})
+    age = figures.get("oldest_queued_age_seconds")
+    report["oldest_queued_age_seconds"] = round(age, 1) if age is not None else None
+    report["rows_per_second_5m"] = round(int(figures.get("rows_5m") or 0) / 300, 1)
+    report["redis_messages"] = redis_messages
+    return report
+
+
+def _running(row: dict[str, Any]) -> dict[str, Any]:
+    total, processed, rate = row["total"], row["processed"], row["rows_per_second"]
+    percent = round(100.0 * processed / total, 1) if total else None
+    eta = round((total - processed) / rate, 1) if total and rate else None
+    return {
+        "id": str(row["id"]), "kind": row["kind"], "lane": row["lane"],
+        "project_id": row["project_id"], "worker_id": row["worker_id"],
+        "started_at": row["started_at"].isoformat() if row["started_at"] else None,
+        "progress": {
+            "total": total, "processed": processed, "percent": percent,
+            "rows_per_second": round(rate, 1) if rate else None, "eta_seconds": eta,
+        },
+    }  # fmt: skip
+
+
+async def _redis_messages(redis: ArqRedis, settings: Settings, lane: Lane) -> int | None:
+    """Wake-up messages waiting in the lane's arq queue (None when Redis does not answer)."""
+    try:
+        return int(await redis.zcard(settings.lane_queue(lane)))
+    except OSError:
+        return None
+
+
+async def queue_report(pool: Pool, redis: ArqRedis, settings: Settings) -> dict[str, Any]:
+    async with pool.acquire() as conn:
+        lanes = await queries.lane_figures(conn)
+        minutes = await queries.throughput(conn)
+        running = await queries.running_jobs(conn)
+        failures = await queries.recent_failures(conn)
+    return {
+        "generated_at": datetime.now(UTC).isoformat(),
+        "lanes": [
+            _lane(lane, lanes.get(lane.value, {}), await _redis_messages(redis, settings, lane))
+            for lane in Lane
+        ],
+        "throughput": [
+            {**m, "minute": m["minute"].isoformat(), "rows": int(m["rows"])} for m in minutes
+        ],
+        "running_jobs": [_running(r) for r in running],
+        "recent_failures": [
+            {**f, "id": str(f["id"]), "finished_at": f["finished_at"].isoformat()} for f in failures
+        ],
+        "workers": await live_workers(redis, settings),
+        "scheduled_runs": await scheduled_runs(redis, settings),
+    }

@@ -1,0 +1,111 @@
+"""The operators' queue report: figures from Postgres and Redis that agree with each other."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from listmill.settings import Settings
+from tests.conftest import Api, RunJobs, new_key, wait_for_job
+
+
+@pytest.fixture
+async def worker(settings: Settings) -> AsyncIterator[subprocess.Popen[bytes]]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "QUEUE_PREFIX": settings.queue_prefix,
+        "LOG_LEVEL": "WARNING",
+        "WORKER_METRICS_PORT": "0",
+    }
+    process = subprocess.Popen([sys.executable, "-m", "listmill.cli", "worker"], env=env)  # noqa: ASYNC220
+    yield process
+    process.terminate()
+    process.wait(timeout=20)
+
+
+async def report(api: Api) -> dict:
+    status, body = await api.get("/ops/queues")
+    assert status == 200, body
+    return dict(body["data"])
+
+
+async def test_queue_report_counts_what_postgres_holds(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    for _ in range(2):
+        await api.post("/contacts/bulk-subscribe", {"contact_ids": [1]})
+    await api.post(
+        "/contacts/bulk-upsert", {"contacts": [{"email": f"l{i}@x.io"} for i in range(5_000)]}
+    )
+    data = await report(api)
+    lanes = {lane["lane"]: lane for lane in data["lanes"]}
+    assert lanes["small"]["depth"] == 2 and lanes["large"]["depth"] == 1
+    assert lanes["small"]["redis_messages"] == 2 and lanes["large"]["redis_messages"] == 1
+    assert lanes["small"]["oldest_queued_age_seconds"] >= 0
+    await run_jobs()
+    data = await report(api)
+    lanes = {lane["lane"]: lane for lane in data["lanes"]}
+    assert lanes["small"]["depth"] == 0 and lanes["small"]["finished_5m"] == 2
+    assert (
+        lanes["large"]["finished_60m"] == 1 and lanes["large"]["oldest_queued_age_seconds"] is None
+    )
+    assert sum(m["rows"] for m in data["throughput"]) == 5_002
+    assert lanes["large"]["rows_per_second_5m"] == round(5_000 / 300, 1)
+
+
+async def test_failures_and_running_jobs_are_listed(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    await db.execute(
+        "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "RAISE EXCEPTION 'no' USING ERRCODE = '23514'; END $$;"
+        "CREATE TRIGGER boom BEFORE INSERT ON contacts FOR EACH STATEMENT EXECUTE FUNCTION boom();"
+    )
+    _, body = await api.post("/contacts/bulk-upsert", {"contacts": [{"email": "a@x.io"}]})
+    await run_jobs()
+    await wait_for_job(api, body["data"]["id"])
+    data = await report(api)
+    assert [f["id"] for f in data["recent_failures"]] == [body["data"]["id"]]
+    assert data["recent_failures"][0]["error"] == "CheckViolationError: no"
+    assert {lane["lane"]: lane["failed_5m"] for lane in data["lanes"]} == {"small": 1, "large": 0}
+    await db.execute(
+        "UPDATE jobs SET status = 'running', total = 10, processed = 4, rows_per_second = 2"
+    )
+    running = (await report(api))["running_jobs"]
+    assert running[0]["progress"] == {
+        "total": 10, "processed": 4, "percent": 40.0, "rows_per_second": 2.0, "eta_seconds": 3.0
+    }  # fmt: skip
+
+
+async def test_live_workers_and_scheduled_runs_are_reported(
+    api: Api, worker: subprocess.Popen[bytes]
+) -> None:
+    for _ in range(100):
+        data = await report(api)
+        if data["workers"] and data["scheduled_runs"]:
+            break
+        await asyncio.sleep(0.1)
+    [seen] = data["workers"]
+    assert seen["pid"] == worker.pid and seen["lanes"] == ["small", "large"]
+    assert seen["current_jobs"] == []
+    reaper = next(run for run in data["scheduled_runs"] if run["name"] == "reaper")
+    assert reaper["last_outcome"].startswith("ok: lease_expired=0")
+    assert reaper["next_run_at"] > reaper["last_run_at"]
+    worker.terminate()
+    worker.wait(timeout=20)
+    assert (await report(api))["workers"] == []
+
+
+async def test_ops_needs_the_ops_scope(api: Api, db: asyncpg.Connection) -> None:
+    _, key = await new_key(db, "acme", ["jobs:read"])
+    assert (await api.get("/ops/queues", key=key))[0] == 403
+    _, key = await new_key(db, "acme", ["ops:read"])
+    assert (await api.get("/ops/queues", key=key))[0] == 200
