@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from arq.connections import ArqRedis
 
-from api.context import POOL, REDIS, SETTINGS
+from api.context import EVENTS, POOL, REDIS, SETTINGS
+from api.events import JobEventHub
 from api.middleware import authenticate, request_context
 from api.routes import setup_routes
 from listmill.db import create_pool
@@ -28,6 +29,12 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
     await app[POOL].close()
 
 
+async def _events(app: web.Application) -> AsyncIterator[None]:
+    app[EVENTS] = JobEventHub(app[SETTINGS].database_url)
+    yield
+    await app[EVENTS].close()
+
+
 async def _redis(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = redis_client(app[SETTINGS])
     yield
@@ -40,6 +47,6 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_json_body_bytes,
     )
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([_postgres, _redis])
+    app.cleanup_ctx.extend([_postgres, _redis, _events])
     setup_routes(app)
     return app

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from aiohttp import web
 from arq.connections import ArqRedis
 
+from api.events import JobEventHub
 from listmill.db import Pool
 from listmill.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", Pool)
 REDIS = web.AppKey("redis", ArqRedis)
+EVENTS = web.AppKey("events", JobEventHub)
 
 
 @dataclass(frozen=True)

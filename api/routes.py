@@ -69,6 +69,7 @@ def setup_routes(app: web.Application) -> None:
             web.get(f"{API}/jobs", jobs.list_jobs),
             web.get(f"{API}/jobs/{{id}}", jobs.get_job),
             web.get(f"{API}/jobs/{{id}}/errors", jobs.list_errors),
+            web.get(f"{API}/jobs/{{id}}/events", jobs.job_events),
             web.post(f"{API}/jobs/{{id}}/cancel", jobs.cancel_job),
         ]
     )

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from aiohttp import web
 
-from api.context import POOL, auth_of
+from api.context import EVENTS, POOL, auth_of
 from api.http import data_response, page_response, parse_query, requires
 from api.models import JobQuery, PageQuery
 from listmill.errors import Conflict, NotFound
 from listmill.pagination import decode_cursor, decode_id_cursor, invalid_cursor, page_meta
 from listmill.queries import jobs as queries
-from listmill.records import Job, JobRow
+from listmill.records import Job, JobRow, JobStatus
 
 JOB_NOT_FOUND = "job not found"
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -129,5 +131,62 @@ async def _errors_csv(request: web.Request, job: JobRow) -> web.StreamResponse:
         if len(rows) < 5000:
             break
         after = rows[-1]["seq"]
+    await response.write_eof()
+    return response
+
+
+EVENT_REREAD_SECONDS = 2.0
+
+
+def _event_id(job: Job) -> str:
+    return f"{job.progress.processed}-{job.status.value}"
+
+
+async def _send(response: web.StreamResponse, job: Job) -> None:
+    name = "end" if job.status.finished else "progress"
+    payload = job.model_dump_json()
+    await response.write(f"id: {_event_id(job)}\nevent: {name}\ndata: {payload}\n\n".encode())
+
+
+def _advance(job: Job, event: dict[str, Any]) -> Job:
+    """The job with a NOTIFY payload's progress applied (one event per committed batch)."""
+    progress = job.progress.model_copy(
+        update={"processed": event["processed"], "total": event["total"],
+                "rows_per_second": event["rows_per_second"]}
+    )  # fmt: skip
+    row_like = job.model_copy(
+        update={"status": JobStatus(event["status"]), "counts": event["counts"],
+                "errors_count": event["errors_count"], "progress": progress}
+    )  # fmt: skip
+    return row_like
+
+
+@requires("jobs:read")
+async def job_events(request: web.Request) -> web.StreamResponse:
+    """GET /jobs/{id}/events: Server-Sent Events, ``progress`` per committed batch, then
+    ``end`` with the final state, then the stream closes. Resumes after ``Last-Event-ID``."""
+    job = await _load(request)
+    last_sent = request.headers.get("Last-Event-ID")
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                 "X-Accel-Buffering": "no"}
+    )  # fmt: skip
+    await response.prepare(request)
+    async with request.app[EVENTS].follow(str(job.id)) as events:
+        current = Job.from_row(await _load(request))  # read after following: nothing is missed
+        while True:
+            if _event_id(current) != last_sent:
+                await _send(response, current)
+                last_sent = _event_id(current)
+            if current.status.finished:
+                break
+            try:
+                event = await asyncio.wait_for(events.get(), EVENT_REREAD_SECONDS)
+                current = _advance(current, event)
+                if current.status.finished:
+                    current = Job.from_row(await _load(request))
+            except TimeoutError:
+                current = Job.from_row(await _load(request))
+                await response.write(b": keep-alive\n\n")
     await response.write_eof()
     return response

@@ -13,6 +13,12 @@ from uuid import UUID
 from listmill.db import Connection
 from listmill.records import JobRow
 
+JOB_EVENTS = "listmill_job_events"
+# The progress of a job, as its listeners hear it (a NOTIFY payload stays far below 8 kB).
+NOTIFY = f"""pg_notify('{JOB_EVENTS}', json_build_object(
+    'id', id, 'status', status, 'processed', processed, 'total', total, 'counts', counts,
+    'errors_count', errors_count, 'rows_per_second', rows_per_second)::text)"""
+
 COLUMNS = """
     id, project_id, kind, lane, status, params, total, processed, counts, checkpoint, attempts,
     max_attempts, cancel_requested, lease_token, errors_count, errors_truncated, error,
@@ -145,13 +151,16 @@ async def request_cancel(conn: Connection, project_id: int, job_id: UUID) -> Job
     """A queued job is cancelled at once; a running one is flagged and stops after its batch."""
     row = await conn.fetchrow(
         f"""
-        UPDATE jobs SET
-            cancel_requested = status IN ('queued', 'running'),
-            status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
-            finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,
-            updated_at = now()
-        WHERE project_id = $1 AND id = $2
-        RETURNING {COLUMNS}
+        WITH updated AS (
+            UPDATE jobs SET
+                cancel_requested = status IN ('queued', 'running'),
+                status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
+                finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,
+                updated_at = now()
+            WHERE project_id = $1 AND id = $2
+            RETURNING *
+        )
+        SELECT {COLUMNS}, {NOTIFY} AS notified FROM updated
         """,
         project_id,
         job_id,
@@ -210,16 +219,20 @@ async def commit_progress(
     errors_truncated: bool,
     rows_per_second: float | None,
 ) -> bool | None:
-    """Record a committed batch; None if the lease was lost, else whether cancel was asked."""
+    """Record a committed batch; None if the lease was lost, else whether cancel was asked.
+    Listeners of JOB_EVENTS hear of it when the batch's transaction commits."""
     return await conn.fetchval(  # type: ignore[no-any-return]
-        """
-        UPDATE jobs SET
-            checkpoint = $3, processed = $4, counts = $5, errors_count = errors_count + $6,
-            errors_truncated = errors_truncated OR $7, rows_per_second = $8,
-            total = COALESCE($9, total),
-            heartbeat_at = now(), updated_at = now()
-        WHERE id = $1 AND lease_token = $2 AND status = 'running'
-        RETURNING cancel_requested
+        f"""
+        WITH updated AS (
+            UPDATE jobs SET
+                checkpoint = $3, processed = $4, counts = $5, errors_count = errors_count + $6,
+                errors_truncated = errors_truncated OR $7, rows_per_second = $8,
+                total = COALESCE($9, total),
+                heartbeat_at = now(), updated_at = now()
+            WHERE id = $1 AND lease_token = $2 AND status = 'running'
+            RETURNING *
+        )
+        SELECT cancel_requested, {NOTIFY} FROM updated
         """,
         job_id,
         lease_token,
@@ -238,17 +251,21 @@ async def finish_job(
 ) -> bool:
     """End a job this worker holds: succeeded, cancelled or failed."""
     result = await conn.execute(
-        """
-        UPDATE jobs SET status = $3, error = $4, finished_at = now(), updated_at = now(),
-                        lease_token = NULL, lease_expires_at = NULL
-        WHERE id = $1 AND lease_token = $2 AND status = 'running'
+        f"""
+        WITH updated AS (
+            UPDATE jobs SET status = $3, error = $4, finished_at = now(), updated_at = now(),
+                            lease_token = NULL, lease_expires_at = NULL
+            WHERE id = $1 AND lease_token = $2 AND status = 'running'
+            RETURNING *
+        )
+        SELECT {NOTIFY} FROM updated
         """,
         job_id,
         lease_token,
         status,
         error,
     )
-    return bool(result == "UPDATE 1")
+    return bool(result == "SELECT 1")
 
 
 async def release_for_retry(
