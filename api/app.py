@@ -9,6 +9,7 @@ from arq.connections import ArqRedis
 
 from api.context import EVENTS, POOL, REDIS, SETTINGS
 from api.events import JobEventHub
+from api.metrics import METRICS, WebMetrics
 from api.middleware import authenticate, request_context
 from api.routes import setup_routes
 from listmill.db import create_pool
@@ -47,6 +48,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_json_body_bytes,
     )
     app[SETTINGS] = settings
+    app[METRICS] = WebMetrics()
     app.cleanup_ctx.extend([_postgres, _redis, _events])
     setup_routes(app)
     return app

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from api.context import AUTH_KEY, POOL, Auth
 from api.http import Handler
+from api.metrics import METRICS
 from listmill.errors import (
     BadRequest,
     DependencyDown,
@@ -64,12 +65,14 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         structlog.contextvars.unbind_contextvars("project_id")
     if not response.prepared:
         response.headers["X-Request-ID"] = request_id
+    seconds = time.perf_counter() - started
+    request.app[METRICS].observe(request, response.status, seconds)
     log.info(
         "request_finished",
         method=request.method,
         path=request.path,
         status=response.status,
-        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        duration_ms=round(seconds * 1000, 2),
     )
     return response
 

@@ -16,6 +16,7 @@ from api.handlers import (
     public,
     sequences,
 )
+from api.metrics import metrics
 
 API = "/api/v1"
 
@@ -25,6 +26,7 @@ def setup_routes(app: web.Application) -> None:
         [
             web.get("/healthz", health.healthz),
             web.get("/readyz", health.readyz),
+            web.get("/metrics", metrics),
             web.get("/unsubscribe/{token}", public.unsubscribe_page),
             web.post("/unsubscribe/{token}", public.unsubscribe),
             web.get("/confirm/{token}", public.confirm),

@@ -23,6 +23,7 @@ from listmill.settings import Settings
 from worker.context import WorkerContext
 from worker.jobs import plan_for
 from worker.jobs.base import BatchOutcome
+from worker.metrics import JOB_DURATION, JOB_RETRIES, JOBS_FINISHED, ROWS_WRITTEN
 
 log = structlog.get_logger(__name__)
 
@@ -101,6 +102,8 @@ async def _run_claimed(
     except Exception as exc:
         status, error = JobStatus.FAILED, f"{type(exc).__name__}: {exc}"
         log.exception("job_failed", error=error)
+    JOBS_FINISHED.labels(job.kind.value, status.value).inc()
+    JOB_DURATION.labels(job.kind.value).observe(time.monotonic() - started)
     async with ctx["pool"].acquire() as conn:
         await queries.finish_job(conn, job.id, lease, status, error)
         cleanup = plan_for(job.kind, payload).cleanup
@@ -148,7 +151,7 @@ class _Progress:
         self.errors_count = job.errors_count
         self.started = time.monotonic()
         self.items = 0
-        self.first_checkpoint = job.checkpoint
+        self.first_checkpoint = self.position = job.checkpoint
 
     async def commit(
         self,
@@ -181,6 +184,8 @@ class _Progress:
         )
         if cancel is None:
             raise LeaseLost()
+        ROWS_WRITTEN.labels(self.job.kind.value).inc(checkpoint - self.position)
+        self.position = checkpoint
         self.errors_count += len(kept)
         return cancel
 
@@ -214,6 +219,7 @@ async def _retry_or_fail(ctx: WorkerContext, job: JobRow, lease: UUID, exc: Base
                     f"gave up after {job.attempts} attempts; last error: {message}",
                 )
         return JobStatus.FAILED.value
+    JOB_RETRIES.labels(job.kind.value).inc()
     delay = retry_delay(ctx["settings"], job.attempts)
     log.warning("job_retry_scheduled", error=message, attempts=job.attempts, delay=round(delay, 2))
     await _give_back(ctx, job, lease, message, delay)

@@ -19,6 +19,7 @@ from listmill.logs import configure_logging
 from listmill.presence import now_iso, publish_worker, remove_worker
 from listmill.settings import Lane, Settings
 from worker.context import WorkerContext
+from worker.metrics import serve_metrics
 from worker.runner import run_job
 from worker.scheduled import scheduled_runs
 
@@ -90,6 +91,7 @@ async def _publish_presence(settings: Settings, context: WorkerContext) -> None:
 async def serve(settings: Settings) -> None:
     """Run a Worker per configured lane until SIGINT or SIGTERM; running jobs are given back."""
     context = await make_context(settings)
+    serve_metrics(settings.worker_metrics_port)
     workers = [make_worker(settings, lane, context) for lane in settings.lanes()]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from api.context import POOL, REDIS, SETTINGS, auth_of
 from api.http import data_response, read_json, requires, validate
+from api.metrics import METRICS
 from api.models import BulkContactsRequest, BulkUpsertRequest
 from listmill.errors import Conflict, NotFound, ValidationFailed
 from listmill.jobs.submit import Submission, fingerprint, submit
@@ -49,6 +50,8 @@ async def accept_job(request: web.Request, kind: JobKind, body: Any, **job: Any)
     )
     app = request.app
     stored, replayed = await submit(app[POOL], app[REDIS], app[SETTINGS], submission)
+    if not replayed:
+        app[METRICS].jobs_submitted.labels(kind.value).inc()
     location = f"/api/v1/jobs/{stored.id}"
     return data_response(
         Job.from_row(stored), status=200 if replayed else 202, headers={"Location": location}

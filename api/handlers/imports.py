@@ -13,6 +13,7 @@ from aiohttp import BodyPartReader, web
 from api.context import POOL, REDIS, SETTINGS, auth_of
 from api.handlers.bulk import idempotency_key
 from api.http import data_response, requires, validate
+from api.metrics import METRICS
 from api.models import ImportOptions
 from listmill.csvimport import HeaderError, read_header
 from listmill.db import Connection
@@ -127,5 +128,6 @@ async def import_contacts(request: web.Request) -> web.Response:
         job = await earlier_job(pool, project_id, replay)
         return data_response(Job.from_row(job), headers={"Location": f"/api/v1/jobs/{job.id}"})
     await wake(pool, request.app[REDIS], settings, job)
+    request.app[METRICS].jobs_submitted.labels(JobKind.IMPORT.value).inc()
     location = f"/api/v1/jobs/{job.id}"
     return data_response(Job.from_row(job), status=202, headers={"Location": location})

@@ -36,6 +36,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "REAPER_INTERVAL_SECONDS": "1",
         "WORKER_POLL_DELAY": "0.05",
         "LOG_LEVEL": "WARNING",
+        "WORKER_METRICS_PORT": "0",
     }
 
 

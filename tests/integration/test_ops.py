@@ -109,3 +109,28 @@ async def test_ops_needs_the_ops_scope(api: Api, db: asyncpg.Connection) -> None
     assert (await api.get("/ops/queues", key=key))[0] == 403
     _, key = await new_key(db, "acme", ["ops:read"])
     assert (await api.get("/ops/queues", key=key))[0] == 200
+
+
+async def test_metrics_in_prometheus_text(api: Api, run_jobs: RunJobs) -> None:
+    from prometheus_client.exposition import generate_latest
+
+    from worker.metrics import REGISTRY
+
+    await api.post("/contacts/bulk-subscribe", {"contact_ids": [1]})
+    await api.get("/contacts/12345")
+    response = await api.client.get("/metrics")
+    assert response.status == 200 and response.content_type == "text/plain"
+    text = await response.text()
+    assert 'listmill_jobs_submitted_total{kind="bulk_subscribe"} 1.0' in text
+    assert 'listmill_queue_depth{lane="small"} 1.0' in text
+    assert (
+        'listmill_http_requests_total{method="GET",route="/api/v1/contacts/{id}",status="404"} 1.0'
+        in text
+    )
+    assert 'listmill_workers_alive{lane="small"} 0.0' in text
+    await run_jobs()
+    worker_text = generate_latest(REGISTRY).decode()
+    assert 'listmill_jobs_finished_total{kind="bulk_subscribe",status="succeeded"}' in worker_text
+    assert 'listmill_rows_written_total{kind="bulk_subscribe"}' in worker_text
+    text = await (await api.client.get("/metrics")).text()
+    assert 'listmill_queue_depth{lane="small"} 0.0' in text
