@@ -134,3 +134,19 @@ async def test_metrics_in_prometheus_text(api: Api, run_jobs: RunJobs) -> None:
     assert 'listmill_rows_written_total{kind="bulk_subscribe"}' in worker_text
     text = await (await api.client.get("/metrics")).text()
     assert 'listmill_queue_depth{lane="small"} 0.0' in text
+
+
+async def test_queues_table_shows_the_same_figures(
+    api: Api, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from listmill.queues_table import show_queues
+
+    for _ in range(3):
+        await api.post("/contacts/bulk-subscribe", {"contact_ids": [1]})
+    assert await show_queues(settings, None) == 0
+    text = capsys.readouterr().out
+    header, small, large = text.splitlines()[2:5]
+    assert header.split()[:4] == ["LANE", "DEPTH", "SCHED", "RUNNING"]
+    assert small.split()[:4] == ["small", "3", "0", "0"]
+    assert large.split()[:2] == ["large", "0"]
+    assert "workers: 0 alive" in text
