@@ -164,12 +164,18 @@ class MemberSearch(Strict):
     email: Email
 
 
+class MembershipContact(MemberContact):
+    """A contact named by email in a single-membership call: the email must be valid."""
+
+    email: Email
+
+
 class MembershipTarget(Strict):
     """Which membership: ``list_id`` and exactly one of ``contact_id`` or ``contact``."""
 
     list_id: BigId
     contact_id: BigId | None = None
-    contact: MemberContact | None = None
+    contact: MembershipContact | None = None
 
     @model_validator(mode="after")
     def _one_contact(self) -> MembershipTarget:

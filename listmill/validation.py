@@ -13,8 +13,13 @@ MAX_DATA_KEYS = 100
 
 
 def _no_nul(value: str) -> str:
+    """Postgres text holds neither U+0000 nor lone surrogates (which JSON can smuggle in)."""
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
     return value
 
 

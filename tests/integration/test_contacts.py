@@ -72,6 +72,14 @@ async def test_nul_characters_are_422_not_500(api: Api) -> None:
     assert status == 422, body
     status, body = await api.get("/contacts", params={"email": "a\x00"})
     assert status == 422, body
+    response = await api.client.post(
+        "/api/v1/contacts",
+        data=b'{"email": "s@example.com", "first_name": "\\ud800", "data": {"\\udfff": 1}}',
+        headers={"Authorization": f"Bearer {api.key}", "Content-Type": "application/json"},
+    )
+    assert response.status == 422
+    details = (await response.json())["error"]["details"]
+    assert {d["field"] for d in details} == {"first_name", "data"}
 
 
 async def test_list_filters_by_partial_email_case_insensitively(api: Api) -> None:

@@ -305,6 +305,7 @@ async def test_put_membership_errors(api: Api, other_api: Api) -> None:
         {"list_id": list_id, "contact_id": 1, "contact": {"email": "x@example.com"}},
         {"list_id": list_id, "contact": {"email": "x@example.com"}, "consent_ip": "999.1.1.1"},
         {"list_id": list_id, "contact": {"email": "x@example.com"}, "status": "weird"},
+        {"list_id": list_id, "contact": {"email": "not-an-email"}},
     ):
         got, answer = await api.put("/memberships", bad)
         assert got == 422, (bad, answer)
