@@ -96,6 +96,7 @@ def make_settings(database_url: str, redis_url: str, **overrides: Any) -> Settin
         "job_stale_queued_seconds": 1,
         "reaper_interval_seconds": 1,
         "batch_size": 100,
+        "import_batch_size": 100,
         "db_pool_max": 5,
         "log_format": "json",
         "log_level": "WARNING",

@@ -128,11 +128,11 @@ async def _apply_batches(
             await progress.commit(
                 conn, lease, job.checkpoint, prepared.outcome, settings, total=job.total
             )
-    position, total = job.checkpoint, job.total or 0
+    position, total, batch_size = job.checkpoint, job.total or 0, plan.batch_size(settings)
     while position < total:
         if heart.done():
             raise LeaseLost()
-        upto = min(position + settings.batch_size, total)
+        upto = min(position + batch_size, total)
         async with pool.acquire() as conn, conn.transaction():
             outcome = await plan.apply_range(conn, job, position, upto)
             cancel = await progress.commit(conn, lease, upto, outcome, settings)

@@ -30,6 +30,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "REDIS_URL": settings.redis_url,
         "QUEUE_PREFIX": settings.queue_prefix,
         "BATCH_SIZE": "50",
+        "IMPORT_BATCH_SIZE": "500",
         "JOB_LEASE_SECONDS": "2",
         "JOB_HEARTBEAT_SECONDS": "0.5",
         "JOB_STALE_QUEUED_SECONDS": "1",

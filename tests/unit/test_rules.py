@@ -63,3 +63,33 @@ def test_error_envelope_carries_code_message_details() -> None:
     assert failure.body()["error"]["details"] == [
         {"field": "email", "message": "invalid", "type": "invalid"}
     ]
+
+
+AGREEMENT_CORPUS = [
+    "a@b.co", "john.smith@example.com", "x@localhost", "a..b@c.com", ".a@b.com", "a.@b.com",
+    "a@-b.com", "a@b-.com", "a@b.c", "a@b.123", "a@sub.example.test", "a@example.local",
+    "a@[1.2.3.4]", '"q"@x.com', "ü@x.com", "a@xn--bcher-kva.com", "a_b-c+d@x-y.z9.com",
+    "a@b..com", "a@b.com.", "a" * 65 + "@x.com", "a@" + "b" * 64 + ".com", "A@B.COM",
+    "a@b.onion", "a@b.arpa", "user@mail.example.co.uk", "a#b@x.io", "a@x.io-", "a@1.2.3.com",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("email", AGREEMENT_CORPUS)
+def test_fast_path_never_accepts_what_email_validator_refuses(email: str) -> None:
+    from email_validator import EmailNotValidError, validate_email
+
+    from listmill.validation import _common_shape
+
+    try:
+        validate_email(email, check_deliverability=False)
+        valid = True
+    except EmailNotValidError:
+        valid = False
+    if _common_shape(email.lower()):
+        assert valid
+    # and the public function agrees with email-validator either way
+    if valid:
+        assert normalize_email(email)[1] == email.lower()
+    else:
+        with pytest.raises(ValueError):
+            normalize_email(email)

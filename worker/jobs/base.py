@@ -54,6 +54,7 @@ class Plan:
     apply_range: ApplyRange
     prepare: Prepare | None = None
     cleanup: Cleanup | None = None
+    batch_size: Callable[[Settings], int] = lambda settings: settings.batch_size
 
 
 def payload_plan(apply: ApplyBatch, payload: list[Any]) -> Plan:

@@ -128,4 +128,9 @@ async def cleanup_import(conn: Connection, job: JobRow, settings: Settings) -> N
     )
 
 
-IMPORT_PLAN = Plan(apply_range=apply_import_range, prepare=prepare_import, cleanup=cleanup_import)
+IMPORT_PLAN = Plan(
+    apply_range=apply_import_range,
+    prepare=prepare_import,
+    cleanup=cleanup_import,
+    batch_size=lambda settings: settings.import_batch_size,
+)
