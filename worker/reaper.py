@@ -23,7 +23,7 @@ async def reap(ctx: WorkerContext) -> dict[str, int]:
     requeued = [
         (job_id, lane, attempts) for job_id, status, lane, attempts in expired if status == "queued"
     ]
-    failed = len(expired) - len(requeued)
+    failed = sum(1 for _, status, _, _ in expired if status == "failed")
     for job_id, lane, attempts in [*requeued, *stale]:
         await wake_worker(ctx["redis"], settings, job_id, lane, attempts + 1)
     summary = {

@@ -95,7 +95,8 @@ async def _run_claimed(
         log.warning("job_lease_lost")
         return "lease_lost"
     except asyncio.CancelledError:
-        await asyncio.shield(_give_back(ctx, job, lease, "the worker shut down", delay=0))
+        shutdown = _give_back(ctx, job, lease, "the worker shut down", delay=0, refund=True)
+        await asyncio.shield(shutdown)
         raise
     except TRANSIENT_ERRORS as exc:
         return await _retry_or_fail(ctx, job, lease, exc)
@@ -227,13 +228,14 @@ async def _retry_or_fail(ctx: WorkerContext, job: JobRow, lease: UUID, exc: Base
 
 
 async def _give_back(
-    ctx: WorkerContext, job: JobRow, lease: UUID, reason: str, delay: float
+    ctx: WorkerContext, job: JobRow, lease: UUID, reason: str, delay: float, refund: bool = False
 ) -> None:
     """Return the job to the queue; if Postgres or Redis is down, the reaper does it later."""
     with contextlib.suppress(*TRANSIENT_ERRORS):
         async with ctx["pool"].acquire() as conn:
-            released = await queries.release_for_retry(conn, job.id, lease, delay, reason)
-        if released:
-            await wake_worker(
-                ctx["redis"], ctx["settings"], job.id, job.lane, job.attempts + 1, delay
+            status = await queries.release_for_retry(
+                conn, job.id, lease, delay, reason, refund_attempt=refund
             )
+        if status == "queued":
+            next_attempt = job.attempts if refund else job.attempts + 1
+            await wake_worker(ctx["redis"], ctx["settings"], job.id, job.lane, next_attempt, delay)

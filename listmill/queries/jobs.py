@@ -269,22 +269,34 @@ async def finish_job(
 
 
 async def release_for_retry(
-    conn: Connection, job_id: UUID, lease_token: UUID, delay_seconds: float, error: str
-) -> bool:
-    """Give a job back after a transient failure, to be retried after ``delay_seconds``."""
-    result = await conn.execute(
+    conn: Connection,
+    job_id: UUID,
+    lease_token: UUID,
+    delay_seconds: float,
+    error: str,
+    *,
+    refund_attempt: bool = False,
+) -> str | None:
+    """Give a job back, to be retried after ``delay_seconds`` (``refund_attempt``: a graceful
+    shutdown, which does not count against the job's attempts). A job whose cancel was asked
+    ends cancelled instead. The job's new status, or None if this worker no longer held it."""
+    return await conn.fetchval(  # type: ignore[no-any-return]
         """
-        UPDATE jobs SET status = 'queued', run_after = now() + make_interval(secs => $3),
-                        enqueued_at = now(), error = $4, lease_token = NULL,
-                        lease_expires_at = NULL, updated_at = now()
+        UPDATE jobs SET
+            status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+            finished_at = CASE WHEN cancel_requested THEN now() END,
+            run_after = now() + make_interval(secs => $3), enqueued_at = now(), error = $4,
+            attempts = attempts - CASE WHEN $5 THEN 1 ELSE 0 END,
+            lease_token = NULL, lease_expires_at = NULL, updated_at = now()
         WHERE id = $1 AND lease_token = $2 AND status = 'running'
+        RETURNING status
         """,
         job_id,
         lease_token,
         delay_seconds,
         error,
+        refund_attempt,
     )
-    return bool(result == "UPDATE 1")
 
 
 async def insert_errors(conn: Connection, job_id: UUID, first_seq: int, rows: list[Any]) -> None:
@@ -314,7 +326,8 @@ async def list_errors(
 
 
 async def reap_expired_leases(conn: Connection) -> list[tuple[UUID, str, str, int]]:
-    """Running jobs whose worker stopped heart-beating: requeue, or fail past their attempts.
+    """Running jobs whose worker stopped heart-beating: requeue, fail past their attempts, or
+    end cancelled when their cancel was asked.
 
     Safe with several reapers: each row changes status once, so only one reaper gets it.
     Returns (id, new status, lane, attempts).
@@ -322,12 +335,14 @@ async def reap_expired_leases(conn: Connection) -> list[tuple[UUID, str, str, in
     rows = await conn.fetch(
         """
         UPDATE jobs SET
-            status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
-            error = CASE WHEN attempts >= max_attempts
+            status = CASE WHEN cancel_requested THEN 'cancelled'
+                          WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+            error = CASE WHEN cancel_requested THEN error
+                         WHEN attempts >= max_attempts
                          THEN format('the job was interrupted %s times (worker lost); giving up',
                                      attempts)
                          ELSE error END,
-            finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
+            finished_at = CASE WHEN cancel_requested OR attempts >= max_attempts THEN now() END,
             enqueued_at = now(), lease_token = NULL, lease_expires_at = NULL, updated_at = now()
         WHERE status = 'running' AND lease_expires_at < now()
         RETURNING id, status, lane, attempts

@@ -385,3 +385,22 @@ async def test_contact_status_operations(
         assert job["counts"] == {"subscribed": 1, "unchanged": 1, "skipped": 2}
     else:
         assert job["counts"] == {"unsubscribed": 1, "unchanged": 3}
+
+
+async def test_a_cancelled_job_whose_worker_died_ends_cancelled(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    _, body = await api.post("/contacts/bulk-upsert", {"contacts": contacts(3)})
+    job_id = body["data"]["id"]
+    # a worker took it, the client asked to cancel, then the worker vanished
+    await db.execute(
+        """
+        UPDATE jobs SET status = 'running', attempts = 1, lease_token = gen_random_uuid(),
+                        lease_expires_at = now() - interval '1 second'
+        """
+    )
+    status, answer = await api.post(f"/jobs/{job_id}/cancel")
+    assert status == 200 and answer["data"]["cancel_requested"]
+    await run_jobs()  # the reaper finds the expired lease
+    job = await wait_for_job(api, job_id)
+    assert job["status"] == "cancelled" and job["finished_at"] is not None
