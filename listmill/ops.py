@@ -12,6 +12,7 @@ from arq.connections import ArqRedis
 from listmill.db import Pool
 from listmill.presence import live_workers, scheduled_runs
 from listmill.queries import ops as queries
+from listmill.records import Progress
 from listmill.settings import Lane, Settings
 
 LANE_FIELDS = (
@@ -30,17 +31,12 @@ def _lane(lane: Lane, figures: dict[str, Any], redis_messages: int | None) -> di
 
 
 def _running(row: dict[str, Any]) -> dict[str, Any]:
-    total, processed, rate = row["total"], row["processed"], row["rows_per_second"]
-    percent = round(100.0 * processed / total, 1) if total else None
-    eta = round((total - processed) / rate, 1) if total and rate else None
+    progress = Progress.of(row["total"], row["processed"], row["rows_per_second"], False)
     return {
         "id": str(row["id"]), "kind": row["kind"], "lane": row["lane"],
         "project_id": row["project_id"], "worker_id": row["worker_id"],
         "started_at": row["started_at"].isoformat() if row["started_at"] else None,
-        "progress": {
-            "total": total, "processed": processed, "percent": percent,
-            "rows_per_second": round(rate, 1) if rate else None, "eta_seconds": eta,
-        },
+        "progress": progress.model_dump(),
     }  # fmt: skip
 
 

@@ -163,6 +163,19 @@ class Progress(BaseModel):
     rows_per_second: float | None
     eta_seconds: float | None
 
+    @classmethod
+    def of(cls, total: int | None, processed: int, rate: float | None, finished: bool) -> Progress:
+        """Percent and ETA derived from the committed counters."""
+        percent = round(100.0 * processed / total, 1) if total else (100.0 if total == 0 else None)
+        eta = None
+        if total is not None and rate and not finished:
+            eta = round(max(total - processed, 0) / rate, 1)
+        rounded = round(rate, 1) if rate else None
+        return cls(
+            total=total, processed=processed, percent=percent, rows_per_second=rounded,
+            eta_seconds=eta,
+        )  # fmt: skip
+
 
 class Job(BaseModel):
     """A job as the API shows it."""
@@ -186,11 +199,6 @@ class Job(BaseModel):
 
     @classmethod
     def from_row(cls, row: JobRow) -> Job:
-        total, processed, rate = row.total, row.processed, row.rows_per_second
-        percent = round(100.0 * processed / total, 1) if total else (100.0 if total == 0 else None)
-        eta = None
-        if total is not None and rate and not row.status.finished:
-            eta = round(max(total - processed, 0) / rate, 1)
         return cls(
             **row.model_dump(
                 include={
@@ -211,12 +219,8 @@ class Job(BaseModel):
                     "finished_at",
                 }
             ),
-            progress=Progress(
-                total=total,
-                processed=processed,
-                percent=percent,
-                rows_per_second=round(rate, 1) if rate else None,
-                eta_seconds=eta,
+            progress=Progress.of(
+                row.total, row.processed, row.rows_per_second, row.status.finished
             ),
         )
 

@@ -17,7 +17,7 @@ from api.models import JobQuery, PageQuery
 from listmill.errors import Conflict, NotFound
 from listmill.pagination import decode_cursor, decode_id_cursor, invalid_cursor, page_meta
 from listmill.queries import jobs as queries
-from listmill.records import Job, JobRow, JobStatus
+from listmill.records import Job, JobRow, JobStatus, Progress
 
 JOB_NOT_FOUND = "job not found"
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -150,15 +150,14 @@ async def _send(response: web.StreamResponse, job: Job) -> None:
 
 def _advance(job: Job, event: dict[str, Any]) -> Job:
     """The job with a NOTIFY payload's progress applied (one event per committed batch)."""
-    progress = job.progress.model_copy(
-        update={"processed": event["processed"], "total": event["total"],
-                "rows_per_second": event["rows_per_second"]}
-    )  # fmt: skip
-    row_like = job.model_copy(
-        update={"status": JobStatus(event["status"]), "counts": event["counts"],
+    status = JobStatus(event["status"])
+    progress = Progress.of(
+        event["total"], event["processed"], event["rows_per_second"], status.finished
+    )
+    return job.model_copy(
+        update={"status": status, "counts": event["counts"],
                 "errors_count": event["errors_count"], "progress": progress}
     )  # fmt: skip
-    return row_like
 
 
 @requires("jobs:read")

@@ -52,8 +52,9 @@ async def test_one_event_per_batch_then_the_end(
         await worker.async_run()
         await worker.close()
     events = await asyncio.wait_for(collecting, 20)
-    progress = [e["data"]["progress"]["processed"] for e in events if e["event"] == "progress"]
-    assert progress[0] == 0 and progress[1:] == [100 * n for n in range(1, 11)]
+    progress = [e["data"]["progress"] for e in events if e["event"] == "progress"]
+    assert [p["processed"] for p in progress] == [100 * n for n in range(11)]
+    assert [p["percent"] for p in progress] == [10.0 * n for n in range(11)]
     end = events[-1]
     assert end["event"] == "end" and end["data"]["status"] == "succeeded"
     assert end["data"]["counts"] == {"created": 1000} and end["data"]["finished_at"]
