@@ -34,17 +34,27 @@ async def mark_duplicates(conn: Connection, job_id: UUID) -> int:
     """Flag every row of the file whose email a later row repeats (the last row wins)."""
     result = await conn.execute(
         """
+        WITH earlier AS MATERIALIZED (
+            SELECT position FROM (
+                SELECT position, row_number() OVER (
+                    PARTITION BY email_normalized ORDER BY position DESC) AS nth
+                FROM import_rows WHERE job_id = $1
+            ) ranked
+            WHERE nth > 1
+        )
         UPDATE import_rows r SET duplicate = true
-        FROM (
-            SELECT position, row_number() OVER (
-                PARTITION BY email_normalized ORDER BY position DESC) AS nth
-            FROM import_rows WHERE job_id = $1
-        ) d
-        WHERE r.job_id = $1 AND r.position = d.position AND d.nth > 1
+        FROM earlier WHERE r.job_id = $1 AND r.position = earlier.position
         """,
         job_id,
     )
     return int(result.split()[-1])
+
+
+async def analyze(conn: Connection, table: str) -> None:
+    """Refresh a table's planner statistics after a bulk change (autovacuum may be minutes
+    behind, or off), so lookups on a fast-grown contacts table keep index plans."""
+    assert table == "contacts"
+    await conn.execute(f"ANALYZE {table}")
 
 
 async def staged_emails(

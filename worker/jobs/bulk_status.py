@@ -18,14 +18,15 @@ NOT_FOUND = "no contact with this id or email in this project"
 
 async def _resolve(
     conn: Connection, job: JobRow, items: list[Any], first: int, outcome: BatchOutcome
-) -> list[int]:
-    """The project's contact ids for these items; the rest are counted not_found."""
+) -> dict[int, str]:
+    """The project's contacts among these items (id -> marketing status); the rest are
+    counted not_found."""
     if job.params["identify_by"] == "contact_ids":
         found = await contact_queries.find_by_ids(conn, job.project_id, items)
         for offset, contact_id in enumerate(items):
             if contact_id not in found:
                 outcome.error(first + offset, None, "not_found", f"{NOT_FOUND}: {contact_id}")
-        return [i for i in items if i in found]
+        return {i: found[i] for i in items if i in found}
     normalized: dict[int, str] = {}
     for offset, raw in enumerate(items):
         try:
@@ -33,13 +34,14 @@ async def _resolve(
         except ValueError as exc:
             outcome.error(first + offset, raw[:320], "invalid_email", str(exc))
     by_email = await contact_queries.find_by_emails(conn, job.project_id, list(normalized.values()))
-    ids = []
+    statuses: dict[int, str] = {}
     for offset, email in normalized.items():
         if email in by_email:
-            ids.append(by_email[email][0])
+            contact_id, status = by_email[email]
+            statuses[contact_id] = status
         else:
             outcome.error(first + offset, email, "not_found", NOT_FOUND)
-    return ids
+    return statuses
 
 
 def _count_errors(outcome: BatchOutcome) -> None:
@@ -59,12 +61,13 @@ async def apply_bulk_status(
     conn: Connection, job: JobRow, items: list[Any], first: int
 ) -> BatchOutcome:
     outcome = BatchOutcome()
-    ids = await _resolve(conn, job, items, first, outcome)
+    found = await _resolve(conn, job, items, first, outcome)
     _count_errors(outcome)
+    ids = list(found)
     if ids:
         list_id = job.params.get("list_id")
         if list_id is None:
-            await _apply_to_contacts(conn, job, ids, outcome)
+            await _apply_to_contacts(conn, job, found, outcome)
         else:
             operation = LIST_OPERATIONS[job.kind]
             await apply_to_memberships(conn, job, list_id, ids, operation, outcome)
@@ -76,7 +79,7 @@ async def apply_remove_members(
 ) -> BatchOutcome:
     """remove_members: delete the memberships, or (mode=unsubscribe) keep them unsubscribed."""
     outcome = BatchOutcome()
-    ids = await _resolve(conn, job, items, first, outcome)
+    ids = list(await _resolve(conn, job, items, first, outcome))
     _count_errors(outcome)
     if ids:
         operation = "unsubscribe" if job.params["mode"] == "unsubscribe" else "delete"
@@ -85,8 +88,9 @@ async def apply_remove_members(
 
 
 async def _apply_to_contacts(
-    conn: Connection, job: JobRow, ids: list[int], outcome: BatchOutcome
+    conn: Connection, job: JobRow, before: dict[int, str], outcome: BatchOutcome
 ) -> None:
+    ids = list(before)
     if job.kind is JobKind.BULK_DELETE:
         deleted = await contact_queries.delete_contacts(conn, job.project_id, ids)
         outcome.counts["deleted"] += len(deleted)
@@ -96,7 +100,6 @@ async def _apply_to_contacts(
         status, movable = "subscribed", ("unsubscribed",)
     else:
         status, movable = "unsubscribed", ("subscribed",)
-    before = await contact_queries.find_by_ids(conn, job.project_id, ids)
     moved = await contact_queries.set_status(conn, job.project_id, ids, status, movable)
     for contact_id in ids:
         if contact_id in moved:
