@@ -1,0 +1,752 @@
+"""Submit-to-finished latency of small bulk jobs, against a bare arq round trip.
+
+Starts one `listmill web` and one `listmill worker` on a fresh database, then measures:
+
+* baseline: an in-script arq Worker running a no-op, enqueue_job -> job.result(), with the
+  service's default WORKER_POLL_DELAY;
+* A: N sequential 1,000-id bulk-unsubscribe/bulk-subscribe jobs (alternating, so every job
+  changes every row), from sending the POST to the first 5 ms poll that sees the job finished;
+* B: the same while a background client keeps the large lane busy with 10,000-contact upserts;
+* the worker's CPU use while idle.
+
+Each scenario has a deadline (--scenario-seconds): a scenario cut short is reported as such,
+its unfinished job is cancelled and waited for, and the exit status is 2 (1 if a job failed).
+
+Usage: .venv/bin/python bench/bulk_latency.py [--jobs 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Collection, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+from arq import create_pool
+from arq.connections import RedisSettings
+from arq.worker import Worker
+
+from listmill.settings import Settings
+
+FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+UNFINISHED = "unfinished"  # the client stopped waiting at the scenario's deadline
+POLL_SECONDS = 0.005
+LOAD_POLL_SECONDS = 0.05
+SETTLE_POLL_SECONDS = 0.1
+SETTLE_SECONDS = 60.0
+SEED_CONTACTS = 1_000
+LARGE_CONTACTS = 10_000
+ARQ_WARMUP = 3
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+API = "/api/v1"
+BREAKDOWN = (
+    "accepted_202",
+    "post_to_stored",
+    "stored_to_claimed",
+    "claimed_to_finished",
+    "finished_to_seen",
+    "polls",
+)
+HEADINGS = ("202 answered", "POST->stored", "->claimed", "->finished", "->seen", "polls")
+DEFAULT_POLL_DELAY = float(Settings.model_fields["worker_poll_delay"].default)
+DEFAULT_THRESHOLD = int(Settings.model_fields["large_job_threshold"].default)
+
+
+@dataclass(frozen=True)
+class Config:
+    jobs: int
+    port: int
+    database_url: str
+    own_database: bool
+    redis_url: str
+    queue_prefix: str
+    large_job_threshold: int | None
+    scenario_seconds: float
+    analyze_every: float
+    idle_seconds: float
+    token: str
+
+
+@dataclass
+class JobRun:
+    """One job as the client saw it: client clocks plus the server's timestamps."""
+
+    id: str
+    kind: str
+    status: str  # the job's, or UNFINISHED
+    lane: str
+    counts: dict[str, int]
+    latency_ms: float  # POST sent -> first poll that saw a finished status
+    accepted_ms: float  # POST sent -> 202 received
+    sent_at: float  # wall clock, to line up with the server's timestamps
+    seen_at: float
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    polls: int
+
+
+@dataclass
+class Scenario:
+    runs: list[JobRun]
+    planned: int
+    settled: str | None = None  # the final status of a job left unfinished at the deadline
+
+    @property
+    def complete(self) -> bool:
+        return len(self.runs) == self.planned and all(r.status != UNFINISHED for r in self.runs)
+
+
+@dataclass
+class LoadStats:
+    runs: list[JobRun] = field(default_factory=list)
+    first_running: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+# ---------------------------------------------------------------- configuration and processes
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=100, help="measured jobs per scenario")
+    parser.add_argument("--port", type=int, default=18080, help="port of `listmill web`")
+    parser.add_argument("--database-url", help="default: a fresh listmill_bench_<pid>, dropped")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument(
+        "--large-job-threshold",
+        type=int,
+        help=f"LARGE_JOB_THRESHOLD for the service (default: its own, {DEFAULT_THRESHOLD})",
+    )
+    parser.add_argument("--scenario-seconds", type=float, default=90.0, help="deadline per run")
+    parser.add_argument(
+        "--analyze-every",
+        type=float,
+        default=0.0,
+        help="ANALYZE contacts every this many seconds during the scenarios, standing in for "
+        "autovacuum where the server has it off (default 0: never, measure as is)",
+    )
+    parser.add_argument("--idle-seconds", type=float, default=10.0, help="idle CPU window")
+    args = parser.parse_args(argv)
+    if args.jobs < 2:
+        parser.error("--jobs must be at least 2")
+    token = str(os.getpid())
+    url = args.database_url or f"postgresql://postgres@127.0.0.1:5432/listmill_bench_{token}"
+    return Config(
+        jobs=args.jobs,
+        port=args.port,
+        database_url=url,
+        own_database=args.database_url is None,
+        redis_url=args.redis_url,
+        queue_prefix=f"listmill_bench_{token}",
+        large_job_threshold=args.large_job_threshold,
+        scenario_seconds=args.scenario_seconds,
+        analyze_every=args.analyze_every,
+        idle_seconds=args.idle_seconds,
+        token=token,
+    )
+
+
+def service_env(cfg: Config) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": cfg.database_url,
+        "REDIS_URL": cfg.redis_url,
+        "HOST": "127.0.0.1",
+        "PORT": str(cfg.port),
+        "QUEUE_PREFIX": cfg.queue_prefix,
+        "LOG_LEVEL": "WARNING",
+        "WORKER_METRICS_PORT": "0",  # never collide with another worker's metrics port
+    }
+    if cfg.large_job_threshold is not None:
+        env["LARGE_JOB_THRESHOLD"] = str(cfg.large_job_threshold)
+    return env
+
+
+def listmill_command() -> list[str]:
+    script = Path(sys.executable).with_name("listmill")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "listmill.cli"]
+
+
+def run_listmill(cfg: Config, *args: str) -> str:
+    """Run a short `listmill` command; its stdout."""
+    done = subprocess.run(
+        [*listmill_command(), *args],
+        env=service_env(cfg),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"listmill {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
+    return done.stdout.strip()
+
+
+def start_service(cfg: Config, role: str) -> subprocess.Popen[bytes]:
+    """Start `listmill web|worker` in its own session, so Ctrl-C reaches only this script."""
+    return subprocess.Popen(
+        [*listmill_command(), role],
+        env=service_env(cfg),
+        stdout=subprocess.DEVNULL,  # aiohttp's banner; warnings and tracebacks go to stderr
+        start_new_session=True,
+    )
+
+
+def stop_services(procs: Iterable[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM, wait, then SIGKILL whatever is left."""
+    procs = [p for p in procs if p.poll() is None]
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def job_ids(database_url: str) -> set[str]:
+    """Every job id of this run's database (their arq keys are not named after the prefix)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return {str(row["id"]) for row in await conn.fetch("SELECT id FROM jobs")}
+    finally:
+        await conn.close()
+
+
+async def clean_redis(cfg: Config, jobs: set[str]) -> None:
+    """Delete this run's queues, health keys, baseline results and its jobs' arq keys."""
+    redis = await create_pool(RedisSettings.from_dsn(cfg.redis_url))
+    try:
+        ours = [key async for key in redis.scan_iter(match=f"*{cfg.queue_prefix}*")]
+        async for key in redis.scan_iter(match="arq:*"):
+            parts = key.decode().split(":")
+            if len(parts) > 2 and parts[2] in jobs:  # arq:<kind>:<job id>:<attempt>
+                ours.append(key)
+        if ours:
+            await redis.delete(*ours)
+    finally:
+        await redis.aclose()
+
+
+async def drop_database(database_url: str) -> None:
+    parts = urlsplit(database_url)
+    name = parts.path.lstrip("/")
+    conn = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+    try:
+        quoted = '"' + name.replace('"', '""') + '"'
+        await conn.execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+async def clean_up(cfg: Config) -> None:
+    """Drop this run's Redis keys and (if the script made it) its database; warn on failure."""
+    jobs: set[str] = set()
+    with contextlib.suppress(OSError, asyncpg.PostgresError):
+        jobs = await job_ids(cfg.database_url)
+    steps = [clean_redis(cfg, jobs)]
+    if cfg.own_database:
+        steps.append(drop_database(cfg.database_url))
+    for step in steps:
+        try:
+            await step
+        except Exception as exc:
+            print(f"clean-up failed: {exc!r}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- statistics and Postgres
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    if len(samples) < 2:
+        samples = samples * 2 or [float("nan")] * 2
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return {
+        "p50": round(cuts[49], 1),
+        "p95": round(cuts[94], 1),
+        "p99": round(cuts[98], 1),
+        "max": round(max(samples), 1),
+    }
+
+
+def breakdown(runs: list[JobRun]) -> dict[str, float]:
+    """Medians of where a job's time went, in ms (server timestamps are Postgres now())."""
+    parts: dict[str, list[float]] = {
+        "post_to_stored": [],
+        "stored_to_claimed": [],
+        "claimed_to_finished": [],
+        "finished_to_seen": [],
+    }
+    for r in runs:
+        if r.started_at is None or r.finished_at is None:
+            continue
+        parts["post_to_stored"].append(r.created_at - r.sent_at)
+        parts["stored_to_claimed"].append(r.started_at - r.created_at)
+        parts["claimed_to_finished"].append(r.finished_at - r.started_at)
+        parts["finished_to_seen"].append(r.seen_at - r.finished_at)
+    medians = {name: round(1000 * statistics.median(v), 1) for name, v in parts.items() if v}
+    medians["accepted_202"] = round(statistics.median(r.accepted_ms for r in runs), 1)
+    medians["polls"] = statistics.median(r.polls for r in runs)
+    return medians
+
+
+def read_cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+async def idle_cpu_percent(pids: dict[str, int], seconds: float) -> dict[str, float]:
+    """Percent of one core each process used over ``seconds`` of doing nothing."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    before = {name: read_cpu_ticks(pid) for name, pid in pids.items()}
+    start = time.monotonic()
+    await asyncio.sleep(seconds)
+    elapsed = time.monotonic() - start
+    after = {name: read_cpu_ticks(pid) for name, pid in pids.items()}
+    return {name: round(100 * (after[name] - before[name]) / ticks / elapsed, 2) for name in pids}
+
+
+async def autovacuum_setting(database_url: str) -> str:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return str(await conn.fetchval("SHOW autovacuum"))
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def periodic_analyze(cfg: Config) -> AsyncIterator[None]:
+    """ANALYZE contacts every --analyze-every seconds while the body runs (0: never)."""
+
+    async def loop() -> None:
+        conn = await asyncpg.connect(cfg.database_url)
+        try:
+            while True:
+                await conn.execute("ANALYZE contacts")
+                await asyncio.sleep(cfg.analyze_every)
+        finally:
+            await conn.close()
+
+    task = asyncio.create_task(loop()) if cfg.analyze_every > 0 else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+# ---------------------------------------------------------------- the API client
+
+
+def _stamp(value: str | None) -> float | None:
+    return datetime.fromisoformat(value).timestamp() if value else None
+
+
+class Api:
+    """The service's HTTP API, through one ClientSession."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str, key: str | None = None):
+        self.session = session
+        self.base = base
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    async def call(
+        self, method: str, path: str, body: Any = None, expect: Collection[int] = (200,)
+    ) -> Any:
+        url = f"{self.base}{path}"
+        async with self.session.request(method, url, json=body, headers=self.headers) as resp:
+            text = await resp.text()
+            if resp.status not in expect:
+                raise RuntimeError(f"{method} {path}: {resp.status} (wanted {expect}): {text}")
+            return json.loads(text)
+
+    async def wait_ready(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError("a listmill process exited before /readyz answered 200")
+            try:
+                async with self.session.get(f"{self.base}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"/readyz did not answer 200 within {READY_TIMEOUT:.0f} s")
+
+    async def contact_ids(self) -> list[int]:
+        ids: list[int] = []
+        cursor: str | None = None
+        while True:
+            query = "?limit=100" + (f"&cursor={cursor}" if cursor else "")
+            page = await self.call("GET", f"{API}/contacts{query}")
+            ids += [contact["id"] for contact in page["data"]]
+            cursor = page["meta"]["next_cursor"]
+            if not page["meta"]["has_more"]:
+                return ids
+
+
+def job_run(job: dict[str, Any], status: str, clocks: dict[str, float], polls: int) -> JobRun:
+    return JobRun(
+        id=job["id"],
+        kind=job["kind"],
+        status=status,
+        lane=job["lane"],
+        counts=job["counts"],
+        latency_ms=1000 * (time.perf_counter() - clocks["start"]),
+        accepted_ms=clocks["accepted_ms"],
+        sent_at=clocks["sent_at"],
+        seen_at=time.time(),
+        created_at=datetime.fromisoformat(job["created_at"]).timestamp(),
+        started_at=_stamp(job["started_at"]),
+        finished_at=_stamp(job["finished_at"]),
+        polls=polls,
+    )
+
+
+async def run_job(
+    api: Api,
+    path: str,
+    body: Any,
+    *,
+    poll: float = POLL_SECONDS,
+    running: asyncio.Event | None = None,
+    deadline: float = float("inf"),
+) -> JobRun:
+    """POST a job, then poll it every ``poll`` seconds until it has finished (or, at the
+    monotonic ``deadline``, give up and call it UNFINISHED)."""
+    clocks = {"sent_at": time.time(), "start": time.perf_counter()}
+    accepted = await api.call("POST", f"{API}{path}", body, expect=(202,))
+    clocks["accepted_ms"] = 1000 * (time.perf_counter() - clocks["start"])
+    job_path, polls = f"{API}/jobs/{accepted['data']['id']}", 0
+    while True:
+        tick = time.perf_counter()
+        job = (await api.call("GET", job_path))["data"]
+        polls += 1
+        if job["status"] in FINISHED or time.monotonic() >= deadline:
+            status = job["status"] if job["status"] in FINISHED else UNFINISHED
+            return job_run(job, status, clocks, polls)
+        if running is not None and job["status"] == "running":
+            running.set()
+        await asyncio.sleep(max(poll - (time.perf_counter() - tick), 0))
+
+
+async def settle(api: Api, run: JobRun) -> str:
+    """Cancel a job the client gave up on and wait (bounded) until it has ended."""
+    job_path = f"{API}/jobs/{run.id}"
+    await api.call("POST", f"{job_path}/cancel", expect=(200, 409))
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while time.monotonic() < deadline:
+        status = str((await api.call("GET", job_path))["data"]["status"])
+        if status in FINISHED:
+            return status
+        await asyncio.sleep(SETTLE_POLL_SECONDS)
+    return UNFINISHED
+
+
+# ---------------------------------------------------------------- baseline and scenarios
+
+
+async def noop(ctx: dict[str, Any]) -> None:
+    """The baseline's task: nothing."""
+
+
+async def arq_baseline(cfg: Config, rounds: int) -> list[float]:
+    """enqueue_job -> job.result() round trips through a bare arq Worker in this loop."""
+    settings = RedisSettings.from_dsn(cfg.redis_url)
+    queue = f"{cfg.queue_prefix}:baseline"
+    worker = Worker(
+        functions=[noop],
+        queue_name=queue,
+        redis_settings=settings,
+        poll_delay=DEFAULT_POLL_DELAY,
+        handle_signals=False,
+        keep_result=60,
+    )
+    task = asyncio.create_task(worker.async_run())
+    redis = await create_pool(settings, default_queue_name=queue)
+    samples: list[float] = []
+    try:
+        for i in range(ARQ_WARMUP + rounds):
+            start = time.perf_counter()
+            job = await redis.enqueue_job("noop", _job_id=f"{queue}:{i}")
+            assert job is not None
+            await job.result(timeout=10, poll_delay=POLL_SECONDS)
+            if i >= ARQ_WARMUP:
+                samples.append(1000 * (time.perf_counter() - start))
+    finally:
+        await worker.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await redis.aclose()
+    return samples
+
+
+def status_job(index: int) -> tuple[str, str]:
+    """Contacts start subscribed: even jobs unsubscribe them all, odd ones subscribe them."""
+    return (
+        ("bulk-unsubscribe", "unsubscribed") if index % 2 == 0 else ("bulk-subscribe", "subscribed")
+    )
+
+
+async def sequential_jobs(
+    api: Api, ids: list[int], first: int, count: int, seconds: float
+) -> Scenario:
+    """``count`` status jobs one after another, or as many as fit in ``seconds``."""
+    deadline = time.monotonic() + seconds
+    scenario = Scenario(runs=[], planned=count)
+    for index in range(first, first + count):
+        if time.monotonic() >= deadline:
+            break
+        path = f"/contacts/{status_job(index)[0]}"
+        run = await run_job(api, path, {"contact_ids": ids}, deadline=deadline)
+        scenario.runs.append(run)
+        if run.status == UNFINISHED:
+            scenario.settled = await settle(api, run)
+    return scenario
+
+
+def unchanged_jobs(runs: list[JobRun], first: int, size: int) -> int:
+    """Finished jobs that did not move every contact (each should change all ``size`` rows)."""
+    return sum(
+        1
+        for i, run in enumerate(runs, start=first)
+        if run.status != UNFINISHED and run.counts.get(status_job(i)[1]) != size
+    )
+
+
+async def large_lane_load(api: Api, cfg: Config, stop: asyncio.Event, stats: LoadStats) -> None:
+    """10,000-contact upserts of new emails, one after another, until ``stop`` is set."""
+    batch = 0
+    while not stop.is_set():
+        contacts = [
+            {"email": f"load-{cfg.token}-{batch}-{i}@bench.example.com"}
+            for i in range(LARGE_CONTACTS)
+        ]
+        body = {"contacts": contacts}
+        running = stats.first_running
+        run = await run_job(
+            api, "/contacts/bulk-upsert", body, poll=LOAD_POLL_SECONDS, running=running
+        )
+        stats.runs.append(run)
+        running.set()  # even if it finished before a poll saw it running
+        batch += 1
+
+
+async def scenario_b(
+    api: Api, load_api: Api, cfg: Config, ids: list[int]
+) -> tuple[Scenario, LoadStats]:
+    """Scenario A's jobs again, with the large lane kept busy from before the first one."""
+    stats, stop = LoadStats(), asyncio.Event()
+    load = asyncio.create_task(large_lane_load(load_api, cfg, stop, stats))
+    try:
+        await asyncio.wait_for(stats.first_running.wait(), timeout=60)
+        scenario = await sequential_jobs(api, ids, cfg.jobs, cfg.jobs, cfg.scenario_seconds)
+        stop.set()
+        await load
+    finally:
+        stop.set()
+        if not load.done():
+            load.cancel()
+            await asyncio.gather(load, return_exceptions=True)
+    return scenario, stats
+
+
+# ---------------------------------------------------------------- orchestration and report
+
+
+async def seed(api: Api, cfg: Config) -> tuple[list[int], JobRun]:
+    """1,000 contacts by one bulk upsert; their ids."""
+    contacts = [{"email": f"seed-{cfg.token}-{i}@bench.example.com"} for i in range(SEED_CONTACTS)]
+    run = await run_job(api, "/contacts/bulk-upsert", {"contacts": contacts})
+    if run.status != "succeeded":
+        raise RuntimeError(f"the seed upsert ended {run.status}: {run.counts}")
+    return await api.contact_ids(), run
+
+
+async def measure(
+    cfg: Config, key: str, procs: dict[str, subprocess.Popen[bytes]]
+) -> dict[str, Any]:
+    base = f"http://127.0.0.1:{cfg.port}"
+    async with aiohttp.ClientSession() as session, aiohttp.ClientSession() as load_session:
+        api, load_api = Api(session, base, key), Api(load_session, base, key)
+        ids, seed_run = await seed(api, cfg)
+        baseline = await arq_baseline(cfg, cfg.jobs)
+        async with periodic_analyze(cfg):
+            a = await sequential_jobs(api, ids, 0, cfg.jobs, cfg.scenario_seconds)
+            b, load = await scenario_b(api, load_api, cfg, ids)
+    await asyncio.sleep(1.0)  # let the last wake-ups and log writes settle
+    pids = {role: proc.pid for role, proc in procs.items()}
+    idle = await idle_cpu_percent(pids, cfg.idle_seconds)
+    autovacuum = await autovacuum_setting(cfg.database_url)
+    figures = summarize(cfg, ids, baseline, a, b, load)
+    failed = count_failed([seed_run, *a.runs, *b.runs, *load.runs], [a, b])
+    return figures | {"idle_cpu_pct": idle, "autovacuum": autovacuum, "failed_jobs": failed}
+
+
+def count_failed(runs: list[JobRun], scenarios: list[Scenario]) -> int:
+    """Jobs the service failed or cancelled; a job this script cancelled counts only if it
+    failed instead."""
+    ended_badly = sum(1 for r in runs if r.status in FINISHED - {"succeeded"})
+    return ended_badly + sum(1 for s in scenarios if s.settled == "failed")
+
+
+def scenario_figures(
+    name: str, s: Scenario, arq_p50: float, size: int, first: int
+) -> dict[str, Any]:
+    figures = percentiles([r.latency_ms for r in s.runs])
+    return {
+        f"scenario_{name}_ms": figures,
+        f"ratio_{name}_p50": round(figures["p50"] / arq_p50, 2),
+        f"breakdown_{name}_p50_ms": breakdown(s.runs),
+        f"scenario_{name}_completed": sum(1 for r in s.runs if r.status != UNFINISHED),
+        f"scenario_{name}_cut_off_job_ended": s.settled,
+        f"scenario_{name}_not_changing_all_rows": unchanged_jobs(s.runs, first, size),
+        f"scenario_{name}_lanes": sorted({r.lane for r in s.runs}),
+    }
+
+
+def load_figures(load: LoadStats) -> dict[str, Any]:
+    """How many large jobs ran during scenario B, in which lane, how long each took."""
+    return {
+        "large_jobs": len(load.runs),
+        "large_job_lanes": sorted({r.lane for r in load.runs}),
+        "large_job_p50_s": round(statistics.median(r.latency_ms for r in load.runs) / 1000, 2),
+    }
+
+
+def summarize(
+    cfg: Config, ids: list[int], baseline: list[float], a: Scenario, b: Scenario, load: LoadStats
+) -> dict[str, Any]:
+    arq = percentiles(baseline)
+    threshold = cfg.large_job_threshold
+    return {
+        "bench": "bulk_latency",
+        "jobs": cfg.jobs,
+        "contacts": len(ids),
+        "worker_poll_delay_s": DEFAULT_POLL_DELAY,
+        "client_poll_s": POLL_SECONDS,
+        "large_job_threshold": DEFAULT_THRESHOLD if threshold is None else threshold,
+        "scenario_seconds": cfg.scenario_seconds,
+        "analyze_every_s": cfg.analyze_every,
+        "cpus": os.cpu_count(),
+        "arq_baseline_ms": arq,
+        **scenario_figures("a", a, arq["p50"], len(ids), 0),
+        **scenario_figures("b", b, arq["p50"], len(ids), cfg.jobs),
+        **load_figures(load),
+        "complete": a.complete and b.complete,
+    }
+
+
+def row(label: str, figures: dict[str, float], ratio: float | str) -> str:
+    values = "".join(f"{figures[k]:>9.1f}" for k in ("p50", "p95", "p99", "max"))
+    return f"{label:<40}{values}{ratio:>11}"
+
+
+def print_header(r: dict[str, Any]) -> None:
+    print(
+        f"\nlistmill bulk-job latency: {r['jobs']} jobs per scenario, {r['contacts']} contact "
+        f"ids each, client polls every {r['client_poll_s'] * 1000:.0f} ms, "
+        f"WORKER_POLL_DELAY {r['worker_poll_delay_s']} s, {r['cpus']} CPUs, "
+        f"Postgres autovacuum {r['autovacuum']}"
+        + (f", ANALYZE contacts every {r['analyze_every_s']} s" if r["analyze_every_s"] else "")
+    )
+    print(f"{'ms':<40}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}{'p50/arq':>11}")
+
+
+def print_report(r: dict[str, Any]) -> None:
+    print_header(r)
+    print(row("arq round trip, no-op task", r["arq_baseline_ms"], "1.00"))
+    for name, label in (("a", "A  1,000-id bulk (un)subscribe"), ("b", "B  same, large lane busy")):
+        print(row(label, r[f"scenario_{name}_ms"], f"{r[f'ratio_{name}_p50']:.2f}"))
+        if r[f"scenario_{name}_completed"] < r["jobs"]:
+            print(
+                f"   CUT OFF at {r['scenario_seconds']:.0f} s: {r[f'scenario_{name}_completed']}"
+                f" of {r['jobs']} jobs finished (figures include the one given up on, as a lower"
+                f" bound); it then ended {r[f'scenario_{name}_cut_off_job_ended']}"
+            )
+    print(
+        f"   during B: {r['large_jobs']} x 10,000-contact upserts ran, lane "
+        f"{'/'.join(r['large_job_lanes'])}, p50 {r['large_job_p50_s']} s each "
+        f"(LARGE_JOB_THRESHOLD={r['large_job_threshold']})"
+    )
+    print(f"\n{'p50 ms, where the time goes':<40}" + "".join(f"{h:>13}" for h in HEADINGS))
+    for name in ("a", "b"):
+        figures = r[f"breakdown_{name}_p50_ms"]
+        cells = "".join(f"{figures.get(part, float('nan')):>13.1f}" for part in BREAKDOWN)
+        print(f"{name.upper():<40}{cells}")
+    idle = r["idle_cpu_pct"]
+    print(f"\nidle CPU, % of one core: worker {idle['worker']:.2f}, web {idle['web']:.2f}")
+    unchanged = r["scenario_a_not_changing_all_rows"] + r["scenario_b_not_changing_all_rows"]
+    print(
+        f"failed jobs: {r['failed_jobs']}; jobs that did not change all rows: {unchanged}; "
+        f"small-job lanes: {'/'.join(sorted({*r['scenario_a_lanes'], *r['scenario_b_lanes']}))}"
+    )
+    print(json.dumps(r, separators=(",", ":")))
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def bench(cfg: Config) -> dict[str, Any]:
+    """Migrate, start the service, measure; the service is stopped and the database dropped
+    whatever happens, Ctrl-C and SIGTERM included."""
+    signal.signal(signal.SIGTERM, _terminate)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        run_listmill(cfg, "migrate")
+        procs = {role: start_service(cfg, role) for role in ("web", "worker")}
+        asyncio.run(wait_ready(cfg, list(procs.values())))
+        key = run_listmill(cfg, "keys", "create", "--project", f"bench-{cfg.token}")
+        return asyncio.run(measure(cfg, key, procs))
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not skip clean-up
+            signal.signal(sig, signal.SIG_IGN)
+        stop_services(procs.values())
+        asyncio.run(clean_up(cfg))
+
+
+async def wait_ready(cfg: Config, procs: list[subprocess.Popen[bytes]]) -> None:
+    async with aiohttp.ClientSession() as session:
+        await Api(session, f"http://127.0.0.1:{cfg.port}").wait_ready(procs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    try:
+        report = bench(cfg)
+    except KeyboardInterrupt:
+        print("interrupted; the service was stopped", file=sys.stderr)
+        return 130
+    print_report(report)
+    if report["failed_jobs"]:
+        return 1
+    return 0 if report["complete"] else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
