@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("web", help="run the HTTP API")
     sub.add_parser("worker", help="run a job worker (all lanes unless WORKER_LANES is set)")
     sub.add_parser("run", help="find or start Postgres and Redis, then run web + worker")
+    queues = sub.add_parser("queues", help="the queue report as a table (from Postgres and Redis)")
+    queues.add_argument("--watch", type=float, metavar="SECONDS", help="refresh until Ctrl-C")
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys", required=True)
     create = keys.add_parser("create", help="create a key and print it (only the key)")
     create.add_argument("--project", required=True, help="project name (created if missing)")
@@ -189,6 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         revoked = asyncio.run(_revoke_key(settings, args.key))
         print("revoked" if revoked else "no active key with that prefix", file=sys.stderr)
         return 0 if revoked else 1
+    if args.command == "queues":
+        from listmill.queues_table import show_queues
+
+        try:
+            return asyncio.run(show_queues(settings, args.watch))
+        except KeyboardInterrupt:
+            return 0
     runners = {"web": _run_web, "worker": _run_worker, "run": _run_all}
     return runners[args.command](settings)
 
