@@ -13,6 +13,7 @@ import pytest
 
 from listmill.settings import Settings
 from tests.conftest import Api, RunJobs, new_key, wait_for_job
+from worker.context import WorkerContext
 
 
 @pytest.fixture
@@ -152,3 +153,32 @@ async def test_queues_table_shows_the_same_figures(
     assert small.split()[:4] == ["small", "3", "0", "0"]
     assert large.split()[:2] == ["large", "0"]
     assert "workers: 0 alive" in text
+
+
+async def test_retention_removes_only_what_outlived_its_age(
+    api: Api, run_jobs: RunJobs, worker_context: WorkerContext, db: asyncpg.Connection
+) -> None:
+    from worker.retention import apply_retention
+
+    for key in ("old", "new"):
+        await api.post(
+            "/contacts/bulk-unsubscribe",
+            {"emails": ["x@nowhere.io"]},
+            headers={"Idempotency-Key": key},
+        )
+    await run_jobs()
+    await db.execute(
+        "UPDATE idempotency_keys SET created_at = now() - interval '49 hours' WHERE key = 'old'"
+    )
+    old_job = await db.fetchval("SELECT job_id FROM idempotency_keys WHERE key = 'old'")
+    await db.execute(
+        "UPDATE jobs SET finished_at = now() - interval '31 days' WHERE id = $1", old_job
+    )
+    removed = await apply_retention(worker_context)
+    assert removed == {"idempotency_keys": 1, "error_rows": 1, "jobs": 0, "file_chunks": 0}
+    assert await db.fetchval("SELECT count(*) FROM job_errors") == 1
+    await db.execute(
+        "UPDATE jobs SET finished_at = now() - interval '91 days' WHERE id = $1", old_job
+    )
+    assert (await apply_retention(worker_context))["jobs"] == 1
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 1
