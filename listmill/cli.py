@@ -8,10 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import structlog
 
+from listmill import client
 from listmill.db import Connection, apply_schema, create_database
 from listmill.logs import configure_logging
 from listmill.settings import Settings
@@ -35,7 +37,39 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--scopes", help="comma-separated scopes: makes a restricted rk_ key")
     revoke = keys.add_parser("revoke", help="revoke a key")
     revoke.add_argument("key", help="the key, or its visible prefix (first 11 characters)")
+    _add_client_commands(sub)
     return parser
+
+
+def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`import`, `jobs show`, `jobs wait`: the integrator's client of a running service."""
+    service = argparse.ArgumentParser(add_help=False)
+    service.add_argument("--url", help=f"the service (default: LISTMILL_URL, {client.DEFAULT_URL})")
+    service.add_argument("--key", help="API key (default: LISTMILL_KEY)")
+    report = argparse.ArgumentParser(add_help=False)
+    report.add_argument(
+        "--errors-to", type=Path, metavar="PATH", help="where the error report goes"
+    )
+    upload = sub.add_parser(
+        "import", parents=[service, report], help="upload a CSV of contacts as an import job"
+    )
+    upload.add_argument("file", type=Path, help="the CSV file")
+    upload.add_argument("--list", dest="list_id", type=int, metavar="ID", help="target list")
+    upload.add_argument("--mode", choices=client.IMPORT_MODES)
+    upload.add_argument("--status", help="status of new list members (pending, subscribed, ...)")
+    upload.add_argument("--source", help="source recorded on new list members")
+    upload.add_argument("--dry-run", action="store_true", default=None)
+    upload.add_argument("--resubscribe", action="store_true", default=None)
+    upload.add_argument("--trigger-sequences", action=argparse.BooleanOptionalAction)
+    upload.add_argument("--idempotency-key", metavar="KEY")
+    upload.add_argument("--wait", action="store_true", help="follow the job to its end")
+    jobs = sub.add_parser("jobs", help="show or follow a job").add_subparsers(
+        dest="jobs", required=True
+    )
+    show = jobs.add_parser("show", parents=[service], help="the job now (exit 1: failed)")
+    show.add_argument("job_id", metavar="ID")
+    wait = jobs.add_parser("wait", parents=[service, report], help="follow the job to its end")
+    wait.add_argument("job_id", metavar="ID")
 
 
 async def _with_connection(settings: Settings) -> Connection:
@@ -170,8 +204,39 @@ def _run_worker(settings: Settings) -> int:
     return 0
 
 
+def _run_client(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """The integrator's commands: exit 0 succeeded, 1 failed or cancelled, 2 refused."""
+    url = args.url or environ.get("LISTMILL_URL") or client.DEFAULT_URL
+    key = args.key or environ.get("LISTMILL_KEY")
+    if not key:
+        print("listmill: no API key: set LISTMILL_KEY or pass --key", file=sys.stderr)
+        return client.EXIT_ERROR
+    out, err = sys.stdout, sys.stderr
+    if args.command == "import":
+        request = client.ImportRequest(
+            list_id=args.list_id, mode=args.mode, dry_run=args.dry_run,
+            resubscribe=args.resubscribe, trigger_sequences=args.trigger_sequences,
+            source=args.source, status=args.status,
+        )  # fmt: skip
+        command = client.import_command(
+            url, key, args.file, request, idempotency_key=args.idempotency_key,
+            wait=args.wait, errors_to=args.errors_to, out=out, err=err,
+        )  # fmt: skip
+    elif args.jobs == "show":
+        command = client.show_command(url, key, args.job_id, out=out, err=err)
+    else:
+        errors_to = args.errors_to
+        command = client.wait_command(url, key, args.job_id, errors_to=errors_to, out=out, err=err)
+    try:
+        return asyncio.run(command)
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("import", "jobs"):
+        return _run_client(args, os.environ)
     settings = Settings()
     configure_logging(settings)
     if args.command == "migrate":
