@@ -129,6 +129,7 @@ async def _apply_batches(
             await progress.commit(
                 conn, lease, job.checkpoint, prepared.outcome, settings, total=job.total
             )
+        progress.started = time.monotonic()  # the rate counts batches, not the preparation
     position, total, batch_size = job.checkpoint, job.total or 0, plan.batch_size(settings)
     while position < total:
         if heart.done():
