@@ -9,6 +9,7 @@ import asyncpg
 import redis.exceptions
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from api.context import AUTH_KEY, POOL, Auth
 from api.http import Handler
@@ -93,6 +94,8 @@ async def _handle(request: web.Request, handler: Handler, request_id: str) -> we
                 headers={"X-Request-ID": request_id},
             )
         return _error_response(mapped(), request_id)
+    except HttpProcessingError as exc:  # a malformed multipart part or chunked body
+        return _error_response(BadRequest(f"the body is malformed: {exc.message}"), request_id)
     except DEPENDENCY_ERRORS as exc:
         log.warning("dependency_unavailable", error=repr(exc))
         return _error_response(DependencyDown(), request_id)

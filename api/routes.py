@@ -17,6 +17,7 @@ from api.handlers import (
     sequences,
 )
 from api.metrics import metrics
+from api.openapi import openapi_json
 
 API = "/api/v1"
 
@@ -27,6 +28,7 @@ def setup_routes(app: web.Application) -> None:
             web.get("/healthz", health.healthz),
             web.get("/readyz", health.readyz),
             web.get("/metrics", metrics),
+            web.get(f"{API}/openapi.json", openapi_json),
             web.get("/unsubscribe/{token}", public.unsubscribe_page),
             web.post("/unsubscribe/{token}", public.unsubscribe),
             web.get("/confirm/{token}", public.confirm),

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
 
 from api.context import POOL, REDIS, SETTINGS, auth_of
 from api.handlers.bulk import idempotency_key
@@ -18,6 +18,7 @@ from api.models import ImportOptions
 from listmill.csvimport import HeaderError, read_header
 from listmill.db import Connection
 from listmill.errors import (
+    BadRequest,
     Conflict,
     NotFound,
     PayloadTooLarge,
@@ -93,7 +94,14 @@ async def _source(request: web.Request, options: dict[str, str]) -> Read:
         return request.content.read
     if request.content_type != "multipart/form-data":
         raise UnsupportedMediaType("send the CSV as multipart/form-data (field file) or text/csv")
-    reader = await request.multipart()
+    try:
+        reader = await request.multipart()
+        return await _form_source(reader, options)
+    except (ValueError, AssertionError) as exc:  # aiohttp's words for a broken form
+        raise BadRequest(f"the multipart body is malformed: {exc}") from None
+
+
+async def _form_source(reader: MultipartReader, options: dict[str, str]) -> Read:
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader):
             continue
