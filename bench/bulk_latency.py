@@ -22,28 +22,34 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
 from arq import create_pool
 from arq.connections import RedisSettings
 from arq.worker import Worker
+from common import (
+    API,
+    FINISHED,
+    Api,
+    Service,
+    add_service_args,
+    percentiles,
+    running_service,
+    service_of,
+)
 
 from listmill.settings import Settings
 
-FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 UNFINISHED = "unfinished"  # the client stopped waiting at the scenario's deadline
 POLL_SECONDS = 0.005
 LOAD_POLL_SECONDS = 0.05
@@ -52,9 +58,6 @@ SETTLE_SECONDS = 60.0
 SEED_CONTACTS = 1_000
 LARGE_CONTACTS = 10_000
 ARQ_WARMUP = 3
-READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
-API = "/api/v1"
 BREAKDOWN = (
     "accepted_202",
     "post_to_stored",
@@ -70,17 +73,12 @@ DEFAULT_THRESHOLD = int(Settings.model_fields["large_job_threshold"].default)
 
 @dataclass(frozen=True)
 class Config:
+    svc: Service
     jobs: int
-    port: int
-    database_url: str
-    own_database: bool
-    redis_url: str
-    queue_prefix: str
     large_job_threshold: int | None
     scenario_seconds: float
     analyze_every: float
     idle_seconds: float
-    token: str
 
 
 @dataclass
@@ -125,9 +123,7 @@ class LoadStats:
 def parse_args(argv: list[str] | None = None) -> Config:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100, help="measured jobs per scenario")
-    parser.add_argument("--port", type=int, default=18080, help="port of `listmill web`")
-    parser.add_argument("--database-url", help="default: a fresh listmill_bench_<pid>, dropped")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    add_service_args(parser, port=18080)
     parser.add_argument(
         "--large-job-threshold",
         type=int,
@@ -145,148 +141,20 @@ def parse_args(argv: list[str] | None = None) -> Config:
     args = parser.parse_args(argv)
     if args.jobs < 2:
         parser.error("--jobs must be at least 2")
-    token = str(os.getpid())
-    url = args.database_url or f"postgresql://postgres@127.0.0.1:5432/listmill_bench_{token}"
+    env = {}
+    if args.large_job_threshold is not None:
+        env["LARGE_JOB_THRESHOLD"] = str(args.large_job_threshold)
     return Config(
+        svc=service_of(args, env),
         jobs=args.jobs,
-        port=args.port,
-        database_url=url,
-        own_database=args.database_url is None,
-        redis_url=args.redis_url,
-        queue_prefix=f"listmill_bench_{token}",
         large_job_threshold=args.large_job_threshold,
         scenario_seconds=args.scenario_seconds,
         analyze_every=args.analyze_every,
         idle_seconds=args.idle_seconds,
-        token=token,
     )
-
-
-def service_env(cfg: Config) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": cfg.database_url,
-        "REDIS_URL": cfg.redis_url,
-        "HOST": "127.0.0.1",
-        "PORT": str(cfg.port),
-        "QUEUE_PREFIX": cfg.queue_prefix,
-        "LOG_LEVEL": "WARNING",
-        "WORKER_METRICS_PORT": "0",  # never collide with another worker's metrics port
-    }
-    if cfg.large_job_threshold is not None:
-        env["LARGE_JOB_THRESHOLD"] = str(cfg.large_job_threshold)
-    return env
-
-
-def listmill_command() -> list[str]:
-    script = Path(sys.executable).with_name("listmill")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "listmill.cli"]
-
-
-def run_listmill(cfg: Config, *args: str) -> str:
-    """Run a short `listmill` command; its stdout."""
-    done = subprocess.run(
-        [*listmill_command(), *args],
-        env=service_env(cfg),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"listmill {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
-    return done.stdout.strip()
-
-
-def start_service(cfg: Config, role: str) -> subprocess.Popen[bytes]:
-    """Start `listmill web|worker` in its own session, so Ctrl-C reaches only this script."""
-    return subprocess.Popen(
-        [*listmill_command(), role],
-        env=service_env(cfg),
-        stdout=subprocess.DEVNULL,  # aiohttp's banner; warnings and tracebacks go to stderr
-        start_new_session=True,
-    )
-
-
-def stop_services(procs: Iterable[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM, wait, then SIGKILL whatever is left."""
-    procs = [p for p in procs if p.poll() is None]
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-async def job_ids(database_url: str) -> set[str]:
-    """Every job id of this run's database (their arq keys are not named after the prefix)."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        return {str(row["id"]) for row in await conn.fetch("SELECT id FROM jobs")}
-    finally:
-        await conn.close()
-
-
-async def clean_redis(cfg: Config, jobs: set[str]) -> None:
-    """Delete this run's queues, health keys, baseline results and its jobs' arq keys."""
-    redis = await create_pool(RedisSettings.from_dsn(cfg.redis_url))
-    try:
-        ours = [key async for key in redis.scan_iter(match=f"*{cfg.queue_prefix}*")]
-        async for key in redis.scan_iter(match="arq:*"):
-            parts = key.decode().split(":")
-            if len(parts) > 2 and parts[2] in jobs:  # arq:<kind>:<job id>:<attempt>
-                ours.append(key)
-        if ours:
-            await redis.delete(*ours)
-    finally:
-        await redis.aclose()
-
-
-async def drop_database(database_url: str) -> None:
-    parts = urlsplit(database_url)
-    name = parts.path.lstrip("/")
-    conn = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
-    try:
-        quoted = '"' + name.replace('"', '""') + '"'
-        await conn.execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
-    finally:
-        await conn.close()
-
-
-async def clean_up(cfg: Config) -> None:
-    """Drop this run's Redis keys and (if the script made it) its database; warn on failure."""
-    jobs: set[str] = set()
-    with contextlib.suppress(OSError, asyncpg.PostgresError):
-        jobs = await job_ids(cfg.database_url)
-    steps = [clean_redis(cfg, jobs)]
-    if cfg.own_database:
-        steps.append(drop_database(cfg.database_url))
-    for step in steps:
-        try:
-            await step
-        except Exception as exc:
-            print(f"clean-up failed: {exc!r}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- statistics and Postgres
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    if len(samples) < 2:
-        samples = samples * 2 or [float("nan")] * 2
-    cuts = statistics.quantiles(samples, n=100, method="inclusive")
-    return {
-        "p50": round(cuts[49], 1),
-        "p95": round(cuts[94], 1),
-        "p99": round(cuts[98], 1),
-        "max": round(max(samples), 1),
-    }
 
 
 def breakdown(runs: list[JobRun]) -> dict[str, float]:
@@ -341,7 +209,7 @@ async def periodic_analyze(cfg: Config) -> AsyncIterator[None]:
     """ANALYZE contacts every --analyze-every seconds while the body runs (0: never)."""
 
     async def loop() -> None:
-        conn = await asyncpg.connect(cfg.database_url)
+        conn = await asyncpg.connect(cfg.svc.database_url)
         try:
             while True:
                 await conn.execute("ANALYZE contacts")
@@ -365,48 +233,16 @@ def _stamp(value: str | None) -> float | None:
     return datetime.fromisoformat(value).timestamp() if value else None
 
 
-class Api:
-    """The service's HTTP API, through one ClientSession."""
-
-    def __init__(self, session: aiohttp.ClientSession, base: str, key: str | None = None):
-        self.session = session
-        self.base = base
-        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
-
-    async def call(
-        self, method: str, path: str, body: Any = None, expect: Collection[int] = (200,)
-    ) -> Any:
-        url = f"{self.base}{path}"
-        async with self.session.request(method, url, json=body, headers=self.headers) as resp:
-            text = await resp.text()
-            if resp.status not in expect:
-                raise RuntimeError(f"{method} {path}: {resp.status} (wanted {expect}): {text}")
-            return json.loads(text)
-
-    async def wait_ready(self, procs: list[subprocess.Popen[bytes]]) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if any(p.poll() is not None for p in procs):
-                raise RuntimeError("a listmill process exited before /readyz answered 200")
-            try:
-                async with self.session.get(f"{self.base}/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"/readyz did not answer 200 within {READY_TIMEOUT:.0f} s")
-
-    async def contact_ids(self) -> list[int]:
-        ids: list[int] = []
-        cursor: str | None = None
-        while True:
-            query = "?limit=100" + (f"&cursor={cursor}" if cursor else "")
-            page = await self.call("GET", f"{API}/contacts{query}")
-            ids += [contact["id"] for contact in page["data"]]
-            cursor = page["meta"]["next_cursor"]
-            if not page["meta"]["has_more"]:
-                return ids
+async def contact_ids(api: Api) -> list[int]:
+    ids: list[int] = []
+    cursor: str | None = None
+    while True:
+        query = "?limit=100" + (f"&cursor={cursor}" if cursor else "")
+        page = await api.call("GET", f"{API}/contacts{query}")
+        ids += [contact["id"] for contact in page["data"]]
+        cursor = page["meta"]["next_cursor"]
+        if not page["meta"]["has_more"]:
+            return ids
 
 
 def job_run(job: dict[str, Any], status: str, clocks: dict[str, float], polls: int) -> JobRun:
@@ -476,8 +312,8 @@ async def noop(ctx: dict[str, Any]) -> None:
 
 async def arq_baseline(cfg: Config, rounds: int) -> list[float]:
     """enqueue_job -> job.result() round trips through a bare arq Worker in this loop."""
-    settings = RedisSettings.from_dsn(cfg.redis_url)
-    queue = f"{cfg.queue_prefix}:baseline"
+    settings = RedisSettings.from_dsn(cfg.svc.redis_url)
+    queue = f"{cfg.svc.queue_prefix}:baseline"
     worker = Worker(
         functions=[noop],
         queue_name=queue,
@@ -543,7 +379,7 @@ async def large_lane_load(api: Api, cfg: Config, stop: asyncio.Event, stats: Loa
     batch = 0
     while not stop.is_set():
         contacts = [
-            {"email": f"load-{cfg.token}-{batch}-{i}@bench.example.com"}
+            {"email": f"load-{cfg.svc.token}-{batch}-{i}@bench.example.com"}
             for i in range(LARGE_CONTACTS)
         ]
         body = {"contacts": contacts}
@@ -580,17 +416,19 @@ async def scenario_b(
 
 async def seed(api: Api, cfg: Config) -> tuple[list[int], JobRun]:
     """1,000 contacts by one bulk upsert; their ids."""
-    contacts = [{"email": f"seed-{cfg.token}-{i}@bench.example.com"} for i in range(SEED_CONTACTS)]
+    contacts = [
+        {"email": f"seed-{cfg.svc.token}-{i}@bench.example.com"} for i in range(SEED_CONTACTS)
+    ]
     run = await run_job(api, "/contacts/bulk-upsert", {"contacts": contacts})
     if run.status != "succeeded":
         raise RuntimeError(f"the seed upsert ended {run.status}: {run.counts}")
-    return await api.contact_ids(), run
+    return await contact_ids(api), run
 
 
 async def measure(
     cfg: Config, key: str, procs: dict[str, subprocess.Popen[bytes]]
 ) -> dict[str, Any]:
-    base = f"http://127.0.0.1:{cfg.port}"
+    base = cfg.svc.base
     async with aiohttp.ClientSession() as session, aiohttp.ClientSession() as load_session:
         api, load_api = Api(session, base, key), Api(load_session, base, key)
         ids, seed_run = await seed(api, cfg)
@@ -601,7 +439,7 @@ async def measure(
     await asyncio.sleep(1.0)  # let the last wake-ups and log writes settle
     pids = {role: proc.pid for role, proc in procs.items()}
     idle = await idle_cpu_percent(pids, cfg.idle_seconds)
-    autovacuum = await autovacuum_setting(cfg.database_url)
+    autovacuum = await autovacuum_setting(cfg.svc.database_url)
     figures = summarize(cfg, ids, baseline, a, b, load)
     failed = count_failed([seed_run, *a.runs, *b.runs, *load.runs], [a, b])
     return figures | {"idle_cpu_pct": idle, "autovacuum": autovacuum, "failed_jobs": failed}
@@ -708,31 +546,10 @@ def print_report(r: dict[str, Any]) -> None:
     print(json.dumps(r, separators=(",", ":")))
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def bench(cfg: Config) -> dict[str, Any]:
-    """Migrate, start the service, measure; the service is stopped and the database dropped
-    whatever happens, Ctrl-C and SIGTERM included."""
-    signal.signal(signal.SIGTERM, _terminate)
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        run_listmill(cfg, "migrate")
-        procs = {role: start_service(cfg, role) for role in ("web", "worker")}
-        asyncio.run(wait_ready(cfg, list(procs.values())))
-        key = run_listmill(cfg, "keys", "create", "--project", f"bench-{cfg.token}")
+    """Start the service, measure; see ``running_service`` for the clean-up."""
+    with running_service(cfg.svc) as (key, procs):
         return asyncio.run(measure(cfg, key, procs))
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not skip clean-up
-            signal.signal(sig, signal.SIG_IGN)
-        stop_services(procs.values())
-        asyncio.run(clean_up(cfg))
-
-
-async def wait_ready(cfg: Config, procs: list[subprocess.Popen[bytes]]) -> None:
-    async with aiohttp.ClientSession() as session:
-        await Api(session, f"http://127.0.0.1:{cfg.port}").wait_ready(procs)
 
 
 def main(argv: list[str] | None = None) -> int:
