@@ -68,7 +68,7 @@ class Op:
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
-    shape: str = "one"  # one | page | none | html | text | sse | import
+    shape: str = "one"  # one | page | none | html | text | sse | import | raw | asset
     status: int = 200
     errors: tuple[int, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
@@ -109,6 +109,15 @@ OPERATIONS: list[Op] = [
         public.confirm,
         "Double opt-in confirmation",
         shape="html",
+        errors=ITEM,
+    ),
+    Op("get", "/ops", ops.dashboard, "The operators' dashboard page", shape="html"),
+    Op(
+        "get",
+        "/ops/{name}",
+        ops.dashboard_asset,
+        "The dashboard's script and style sheet",
+        shape="asset",
         errors=ITEM,
     ),
     Op(
@@ -428,6 +437,8 @@ OPERATIONS: list[Op] = [
 def _param_schema(path: str, name: str) -> dict[str, Any]:
     if name == "token":
         return {"type": "string", "minLength": 1}
+    if name == "name":
+        return {"type": "string", "enum": sorted(ops.ASSETS)}
     return UUID if path.startswith(JOB_PATHS) else BIG_ID
 
 
@@ -471,6 +482,9 @@ def _ref(model: type[BaseModel], defs: dict[str, Any]) -> dict[str, Any]:
 def _success(op: Op, defs: dict[str, Any]) -> dict[str, Any]:
     if op.shape == "none":
         return {"description": "Done"}
+    if op.shape == "asset":
+        text = {"schema": {"type": "string"}}
+        return {"description": op.summary, "content": {"text/javascript": text, "text/css": text}}
     if op.shape in ("html", "text", "sse", "raw"):
         kind = {"html": "text/html", "text": "text/plain", "sse": "text/event-stream"}
         if op.shape == "raw":

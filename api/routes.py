@@ -32,6 +32,8 @@ def setup_routes(app: web.Application) -> None:
             web.get("/unsubscribe/{token}", public.unsubscribe_page),
             web.post("/unsubscribe/{token}", public.unsubscribe),
             web.get("/confirm/{token}", public.confirm),
+            web.get("/ops", ops.dashboard),
+            web.get("/ops/{name}", ops.dashboard_asset),
             # contacts
             web.get(f"{API}/contacts", contacts.list_contacts),
             web.post(f"{API}/contacts/bulk-upsert", bulk.bulk_upsert),

@@ -48,12 +48,16 @@ async def _redis_messages(redis: ArqRedis, settings: Settings, lane: Lane) -> in
         return None
 
 
-async def queue_report(pool: Pool, redis: ArqRedis, settings: Settings) -> dict[str, Any]:
+async def queue_report(
+    pool: Pool, redis: ArqRedis, settings: Settings, project_id: int | None = None
+) -> dict[str, Any]:
+    """The report. Lane figures, throughput, workers and scheduled runs cover the whole
+    service; running jobs and failures only ``project_id``'s, unless it is None (all)."""
     async with pool.acquire() as conn:
         lanes = await queries.lane_figures(conn)
         minutes = await queries.throughput(conn)
-        running = await queries.running_jobs(conn)
-        failures = await queries.recent_failures(conn)
+        running = await queries.running_jobs(conn, project_id)
+        failures = await queries.recent_failures(conn, project_id)
     return {
         "generated_at": datetime.now(UTC).isoformat(),
         "lanes": [

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     retention_interval_minutes: int = 60
     job_retention_days: int = 90
     error_retention_days: int = 30
+    operator_projects: str = Field(
+        "ops", description="projects whose ops:read keys see every project's jobs in the report"
+    )
     worker_metrics_port: int = 9108
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: str = "INFO"
@@ -75,6 +78,10 @@ class Settings(BaseSettings):
     def lane_queue(self, lane: Lane) -> str:
         """The Redis key of the arq queue that serves ``lane``."""
         return f"{self.queue_prefix}:queue:{lane.value}"
+
+    def is_operator_project(self, name: str) -> bool:
+        """Whether ``name`` is listed in OPERATOR_PROJECTS (comma-separated)."""
+        return name in {n.strip() for n in self.operator_projects.split(",") if n.strip()}
 
     def lanes(self) -> list[Lane]:
         """The lanes this worker process serves (WORKER_LANES, comma-separated)."""

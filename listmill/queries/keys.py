@@ -19,6 +19,11 @@ async def ensure_project(conn: Connection, name: str) -> tuple[int, bool]:
     return int(existing), False
 
 
+async def project_name(conn: Connection, project_id: int) -> str | None:
+    name: str | None = await conn.fetchval("SELECT name FROM projects WHERE id = $1", project_id)
+    return name
+
+
 async def insert_key(
     conn: Connection, project_id: int, kind: str, prefix: str, secret_hash: bytes, scopes: list[str]
 ) -> ApiKey:

@@ -57,26 +57,36 @@ async def throughput(conn: Connection) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
-async def running_jobs(conn: Connection, limit: int = 50) -> list[dict[str, Any]]:
+async def running_jobs(
+    conn: Connection, project_id: int | None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Running jobs, oldest first: of one project, or of all when ``project_id`` is None."""
     rows = await conn.fetch(
         """
         SELECT id, kind, lane, project_id, total, processed, rows_per_second, started_at,
                worker_id
-        FROM jobs WHERE status = 'running' ORDER BY started_at LIMIT $1
+        FROM jobs WHERE status = 'running' AND ($2::bigint IS NULL OR project_id = $2)
+        ORDER BY started_at LIMIT $1
         """,
         limit,
+        project_id,
     )
     return [dict(r) for r in rows]
 
 
-async def recent_failures(conn: Connection, limit: int = 20) -> list[dict[str, Any]]:
+async def recent_failures(
+    conn: Connection, project_id: int | None, limit: int = 20
+) -> list[dict[str, Any]]:
+    """Failed jobs, newest first: of one project, or of all when ``project_id`` is None."""
     rows = await conn.fetch(
         """
         SELECT id, kind, lane, project_id, error, finished_at FROM jobs
         WHERE status = 'failed' AND finished_at IS NOT NULL
+          AND ($2::bigint IS NULL OR project_id = $2)
         ORDER BY finished_at DESC LIMIT $1
         """,
         limit,
+        project_id,
     )
     return [dict(r) for r in rows]
 

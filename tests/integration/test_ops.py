@@ -86,6 +86,19 @@ async def test_failures_and_running_jobs_are_listed(
     }  # fmt: skip
 
 
+async def test_a_tenant_sees_only_its_own_jobs_an_operator_project_sees_all(
+    api: Api, other_api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    _, body = await api.post("/contacts/bulk-subscribe", {"contact_ids": [1]})
+    await db.execute("UPDATE jobs SET status = 'failed', finished_at = now(), error = 'acme only'")
+    tenant = await report(other_api)
+    assert tenant["recent_failures"] == [] and tenant["running_jobs"] == []
+    assert {lane["lane"]: lane["failed_5m"] for lane in tenant["lanes"]} == {"small": 1, "large": 0}
+    _, operator_key = await new_key(db, "ops", ["ops:read"])
+    _, everything = await other_api.get("/ops/queues", key=operator_key)
+    assert [f["id"] for f in everything["data"]["recent_failures"]] == [body["data"]["id"]]
+
+
 async def test_live_workers_and_scheduled_runs_are_reported(
     api: Api, worker: subprocess.Popen[bytes]
 ) -> None:
