@@ -140,6 +140,7 @@ class CsvReader:
     def _rows(self, block: str) -> Iterator[ParsedRow]:
         if not block:
             return
+        suspect = _has_surrogates(block)  # invalid UTF-8 is rare: look at rows only if here
         for values in csv.reader(io.StringIO(block, newline=""), delimiter=self.header.delimiter):
             if not self._header_skipped:
                 self._header_skipped = True
@@ -147,7 +148,7 @@ class CsvReader:
             self._number += 1
             if not any(v.strip() for v in values):
                 continue
-            undecodable = any(_has_surrogates(v) for v in values)
+            undecodable = suspect and any(_has_surrogates(v) for v in values)
             yield ParsedRow(self._number, values, undecodable)
 
 

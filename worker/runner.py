@@ -124,7 +124,7 @@ async def _apply_batches(
     progress = _Progress(job)
     if job.total is None and plan.prepare is not None:
         async with pool.acquire() as conn, conn.transaction():
-            prepared = await plan.prepare(conn, job, settings)
+            prepared = await plan.prepare(conn, job, settings, pool)
             job.total = prepared.total
             await progress.commit(
                 conn, lease, job.checkpoint, prepared.outcome, settings, total=job.total

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, Iterable
 from typing import Any
 from uuid import UUID
 
@@ -25,8 +26,10 @@ async def read_chunk(conn: Connection, job_id: UUID, seq: int) -> bytes | None:
     )
 
 
-async def stage_rows(conn: Connection, records: list[tuple[Any, ...]]) -> None:
-    """COPY parsed rows into the staging table."""
+async def stage_rows(
+    conn: Connection, records: Iterable[tuple[Any, ...]] | AsyncIterable[tuple[Any, ...]]
+) -> None:
+    """COPY parsed rows into the staging table, as they come."""
     await conn.copy_records_to_table("import_rows", records=records, columns=STAGED_COLUMNS)
 
 

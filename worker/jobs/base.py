@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from listmill.db import Connection
+from listmill.db import Connection, Pool
 from listmill.records import JobRow
 from listmill.settings import Settings
 
@@ -43,8 +43,9 @@ class Prepared:
     outcome: BatchOutcome
 
 
-# prepare(conn, job, settings) — runs once, in one transaction, before the first batch
-Prepare = Callable[[Connection, JobRow, Settings], Awaitable[Prepared]]
+# prepare(conn, job, settings, pool) — runs once, in one transaction on ``conn``, before the
+# first batch; ``pool`` lends connections for reads of committed data beside that transaction
+Prepare = Callable[[Connection, JobRow, Settings, Pool], Awaitable[Prepared]]
 # cleanup(conn, job, settings) — after the job ended, whatever its status
 Cleanup = Callable[[Connection, JobRow, Settings], Awaitable[None]]
 

@@ -3,10 +3,12 @@ of an email wins), then merge it batch by batch into contacts, memberships and e
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from listmill.csvimport import CsvReader, ParsedRow, RowError, contact_from_row, read_header
-from listmill.db import Connection
+from listmill.db import Connection, Pool
 from listmill.queries import contacts as contact_queries
 from listmill.queries import imports as queries
 from listmill.queries.memberships import Consent
@@ -29,30 +31,47 @@ def _record(job: JobRow, position: int, row: ParsedRow, contact: dict[str, Any])
     )  # fmt: skip
 
 
-async def prepare_import(conn: Connection, job: JobRow, settings: Settings) -> Prepared:
+async def prepare_import(conn: Connection, job: JobRow, settings: Settings, pool: Pool) -> Prepared:
     """Parse the stored file chunk by chunk and COPY its valid rows into the staging table;
-    invalid rows become error rows. Memory holds one chunk's rows at a time."""
-    outcome, position, seq = BatchOutcome(), 0, 0
-    first = await queries.read_chunk(conn, job.id, 0) or b""
-    reader = CsvReader(read_header(first))
-    chunk: bytes | None = first
-    while chunk is not None:
-        rows = list(reader.feed(chunk))
-        seq += 1
-        chunk = await queries.read_chunk(conn, job.id, seq)
-        if chunk is None:
-            rows += list(reader.finish())
-        records = []
-        for row in rows:
-            position += 1
-            parsed = contact_from_row(reader.header, row)
-            if isinstance(parsed, RowError):
-                _row_error(outcome, parsed, settings.job_error_cap)
-            else:
-                records.append(_record(job, position, row, parsed))
-        await queries.stage_rows(conn, records)
+    invalid rows become error rows. One COPY is fed as the rows are parsed, so Postgres takes
+    in one part of the file while this process parses the next; the chunks are read on a
+    second connection meanwhile. Memory holds one chunk's rows at a time."""
+    outcome, staging = BatchOutcome(), _Staging(job, settings)
+    async with pool.acquire() as reader:
+        await queries.stage_rows(conn, staging.records(reader, outcome))
     outcome.counts["duplicate"] += await queries.mark_duplicates(conn, job.id)
-    return Prepared(total=position, outcome=outcome)
+    return Prepared(total=staging.position, outcome=outcome)
+
+
+@dataclass
+class _Staging:
+    job: JobRow
+    settings: Settings
+    position: int = 0  # data rows seen so far, valid or not
+
+    async def records(
+        self, reader: Connection, outcome: BatchOutcome
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """The staged records of the file's valid rows, in file order."""
+        job, cap = self.job, self.settings.job_error_cap
+        first = await queries.read_chunk(reader, job.id, 0) or b""
+        csv_reader = CsvReader(read_header(first))
+        header = csv_reader.header
+        chunk: bytes | None = first
+        seq = 0
+        while chunk is not None:
+            rows = list(csv_reader.feed(chunk))
+            seq += 1
+            chunk = await queries.read_chunk(reader, job.id, seq)
+            if chunk is None:
+                rows += list(csv_reader.finish())
+            for row in rows:
+                self.position += 1
+                parsed = contact_from_row(header, row)
+                if isinstance(parsed, RowError):
+                    _row_error(outcome, parsed, cap)
+                else:
+                    yield _record(job, self.position, row, parsed)
 
 
 def _row_error(outcome: BatchOutcome, error: RowError, cap: int) -> None:
