@@ -146,8 +146,20 @@ _SETS = {
 MERGE_MODES = {
     mode: _MERGE_TEMPLATE.format(input=JSON_INPUT, **sets) for mode, sets in _SETS.items()
 }
+# An import's batch counts in Postgres: (staged rows, created, changed), no row comes back.
+_COUNTED = """
+WITH input AS MATERIALIZED ({input}),
+merged AS ({merge})
+SELECT (SELECT count(*) FROM input) AS staged,
+       count(*) FILTER (WHERE created) AS created, count(*) AS changed
+FROM merged
+"""
 MERGE_STAGED = {
-    mode: _MERGE_TEMPLATE.format(input=STAGED_INPUT, **sets) for mode, sets in _SETS.items()
+    mode: _COUNTED.format(
+        input=STAGED_INPUT,
+        merge=_MERGE_TEMPLATE.replace("WITH input AS ({input})\n", "").format(**sets),
+    )
+    for mode, sets in _SETS.items()
 }
 
 
@@ -259,10 +271,12 @@ async def delete_contacts(conn: Connection, project_id: int, ids: list[int]) -> 
 
 async def merge_staged(
     conn: Connection, project_id: int, job_id: Any, after: int, upto: int, mode: str
-) -> list[tuple[int, str, bool]]:
-    """``merge_contacts`` for the staged rows of an import between two positions."""
-    result = await conn.fetch(MERGE_STAGED[mode], project_id, job_id, after, upto)
-    return [(int(r["id"]), str(r["email_normalized"]), bool(r["created"])) for r in result]
+) -> tuple[int, int, int]:
+    """``merge_contacts`` for the staged rows of an import between two positions; (rows
+    staged there, contacts created, contacts changed: created or updated)."""
+    row = await conn.fetchrow(MERGE_STAGED[mode], project_id, job_id, after, upto)
+    assert row is not None
+    return int(row["staged"]), int(row["created"]), int(row["changed"])
 
 
 async def resubscribe(conn: Connection, project_id: int, emails_normalized: list[str]) -> int:

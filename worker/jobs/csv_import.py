@@ -101,18 +101,21 @@ async def _apply(
 ) -> None:
     params = job.params
     mode = "fill_blanks" if params["mode"] == "fill_blanks" else "upsert"
-    rows = await queries.staged_emails(conn, job.id, after, upto)
-    changed = await contact_queries.merge_staged(conn, job.project_id, job.id, after, upto, mode)
-    created = sum(1 for _, _, was_created in changed if was_created)
+    staged, created, changed = await contact_queries.merge_staged(
+        conn, job.project_id, job.id, after, upto, mode
+    )
     outcome.counts["created"] += created
-    outcome.counts["updated"] += len(changed) - created
-    outcome.counts["unchanged"] += len(rows) - len(changed)
+    outcome.counts["updated"] += changed - created
+    outcome.counts["unchanged"] += staged - changed
+    list_id = params.get("list_id")
+    if list_id is None and not params["resubscribe"]:
+        return
+    rows = await queries.staged_emails(conn, job.id, after, upto)
     emails = [email for email, _, _ in rows]
     if params["resubscribe"]:
         outcome.counts["resubscribed"] += await contact_queries.resubscribe(
             conn, job.project_id, emails
         )
-    list_id = params.get("list_id")
     if list_id is None:
         return
     found = await contact_queries.find_by_emails(conn, job.project_id, emails)
