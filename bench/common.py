@@ -13,7 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -302,12 +302,20 @@ class Api:
             await asyncio.sleep(0.1)
         raise RuntimeError(f"/readyz did not answer 200 within {READY_TIMEOUT:.0f} s")
 
-    async def wait_job(self, job_id: str, poll: float, deadline: float = float("inf")) -> Any:
+    async def wait_job(
+        self,
+        job_id: str,
+        poll: float,
+        deadline: float = float("inf"),
+        seen: Callable[[Any], None] | None = None,
+    ) -> Any:
         """Poll a job every ``poll`` s until it has finished or the monotonic ``deadline``
-        passed; the job as last seen."""
+        passed, handing each state to ``seen``; the job as last seen."""
         while True:
             tick = time.perf_counter()
             job = (await self.call("GET", f"{API}/jobs/{job_id}"))["data"]
+            if seen is not None:
+                seen(job)
             if job["status"] in FINISHED or time.monotonic() >= deadline:
                 return job
             await asyncio.sleep(max(poll - (time.perf_counter() - tick), 0))
