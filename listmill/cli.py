@@ -22,6 +22,17 @@ log = structlog.get_logger(__name__)
 DEMO_PROJECT = "demo"
 
 
+def _refresh_seconds(text: str) -> float:
+    """--watch: a refresh interval of at least half a second (0 would spin a core)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not seconds >= 0.5:
+        raise argparse.ArgumentTypeError("refresh at most twice a second (--watch 0.5 or more)")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="listmill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -30,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="run a job worker (all lanes unless WORKER_LANES is set)")
     sub.add_parser("run", help="find or start Postgres and Redis, then run web + worker")
     queues = sub.add_parser("queues", help="the queue report as a table (from Postgres and Redis)")
-    queues.add_argument("--watch", type=float, metavar="SECONDS", help="refresh until Ctrl-C")
+    queues.add_argument(
+        "--watch", type=_refresh_seconds, metavar="SECONDS", help="refresh until Ctrl-C"
+    )
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys", required=True)
     create = keys.add_parser("create", help="create a key and print it (only the key)")
     create.add_argument("--project", required=True, help="project name (created if missing)")

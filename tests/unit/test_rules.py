@@ -93,3 +93,12 @@ def test_fast_path_never_accepts_what_email_validator_refuses(email: str) -> Non
     else:
         with pytest.raises(ValueError):
             normalize_email(email)
+
+
+def test_queues_watch_refuses_an_interval_that_would_spin() -> None:
+    from listmill.cli import _parser
+
+    assert _parser().parse_args(["queues", "--watch", "2"]).watch == 2.0
+    for bad in ("0", "-1", "nan", "soon"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["queues", "--watch", bad])
