@@ -90,6 +90,16 @@ class RecordSplitter:
 
     def feed(self, text: str) -> str:
         """The complete records in what has been fed so far, as one block of text."""
+        cut = text.rfind("\n")
+        if cut >= 0 and (self._quotes + text.count('"', 0, cut)) % 2 == 0:
+            # the last newline ends a record: no need to look at the lines before it
+            done = "".join(self._pending) + text[: cut + 1]
+            rest = text[cut + 1 :]
+            self._pending, self._quotes = [rest], rest.count('"')
+            return done
+        return self._feed_lines(text)
+
+    def _feed_lines(self, text: str) -> str:
         lines = text.split("\n")
         done: list[str] = []
         for index, line in enumerate(lines):
@@ -146,7 +156,7 @@ class CsvReader:
                 self._header_skipped = True
                 continue
             self._number += 1
-            if not any(v.strip() for v in values):
+            if not "".join(values).strip():  # a blank line
                 continue
             undecodable = suspect and any(_has_surrogates(v) for v in values)
             yield ParsedRow(self._number, values, undecodable)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import itertools
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from listmill.csvimport import (
     CsvReader,
@@ -36,6 +42,22 @@ def test_quoted_newlines_quotes_crlf_and_bom_across_chunks(chunk: int) -> None:
         ["b@example.com", "Bo, Jr", "plain"],
     ]
     assert [r.number for r in rows] == [2, 4]  # as a spreadsheet numbers them
+
+
+@given(
+    body=st.text(alphabet='a,"\n\r', max_size=200),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=8),
+)
+def test_any_chunking_gives_the_rows_of_the_whole_text(body: str, cuts: list[int]) -> None:
+    data = ("email\n" + body).encode()
+    reader = CsvReader(read_header(data))
+    rows: list[ParsedRow] = []
+    bounds = [0, *sorted(cuts), len(data)]
+    for start, end in itertools.pairwise(bounds):
+        rows += reader.feed(data[start:end])
+    rows += reader.finish()
+    whole = list(csv.reader(io.StringIO(data.decode(), newline="")))[1:]
+    assert [r.values for r in rows] == [v for v in whole if "".join(v).strip()]
 
 
 @pytest.mark.parametrize(
