@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -14,6 +15,7 @@ from listmill.errors import BadRequest, NotFound, UnsupportedMediaType, Validati
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_ID = 2**63 - 1
+MAX_JSON_DEPTH = 32  # far past any contact's custom data, far short of any parser's limit
 
 
 def requires(scope: str) -> Callable[[Handler], Handler]:
@@ -60,9 +62,39 @@ async def read_json(request: web.Request) -> Any:
     if not raw:
         raise BadRequest("a JSON body is required")
     try:
-        return json.loads(raw)
+        body = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise BadRequest(f"the body is nested more than {MAX_JSON_DEPTH} levels deep") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise BadRequest(f"the body is nested more than {MAX_JSON_DEPTH} levels deep")
+    return body
+
+
+def _refuse_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (RFC 8259), and Postgres' jsonb cannot keep them."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is too large a number")
+    return number
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest in ``value`` (iterative: no recursion limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= MAX_JSON_DEPTH:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in node)
+    return deepest
 
 
 async def parse_body(request: web.Request, model: type[M]) -> M:

@@ -117,6 +117,8 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized()
+    if not token.isascii():  # keys are ASCII; aiohttp hands other bytes over as surrogates
+        raise Unauthorized("this API key is not valid or has been revoked")
     async with request.app[POOL].acquire() as conn:
         key = await key_queries.find_active_key(conn, hash_key(token.strip()))
     if key is None:

@@ -8,7 +8,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import structlog
@@ -128,32 +129,36 @@ async def _demo_key(settings: Settings) -> str | None:
         await conn.close()
 
 
-def _run_all(settings: Settings) -> int:
-    """Find or start Postgres and Redis, migrate, then run web + worker until Ctrl-C."""
-    from listmill.devservices import ServiceUnavailable, ensure_services
+@contextmanager
+def _found_services(settings: Settings) -> Iterator[Settings]:
+    """``settings`` pointed at the Postgres and Redis that `make run` uses: the explicit URLs,
+    else the standard local ports, else the embedded servers under .listmill/ (reused when
+    running, else started and, on leaving, stopped). Raises ServiceUnavailable."""
+    from listmill.devservices import ensure_services
 
     explicit = settings.model_fields_set
+    services = ensure_services(
+        settings.database_url if "database_url" in explicit else None,
+        settings.redis_url if "redis_url" in explicit else None,
+        embedded=settings.listmill_embedded,
+        data_dir=settings.listmill_data_dir.resolve(),
+    )
     try:
-        services = ensure_services(
-            settings.database_url if "database_url" in explicit else None,
-            settings.redis_url if "redis_url" in explicit else None,
-            embedded=settings.listmill_embedded,
-            data_dir=settings.listmill_data_dir.resolve(),
-        )
-    except ServiceUnavailable as exc:
-        print(f"listmill: {exc}", file=sys.stderr)
-        return 2
-    try:
-        settings = settings.model_copy(
+        yield settings.model_copy(
             update={"database_url": services.database_url, "redis_url": services.redis_url}
         )
-        asyncio.run(create_database(settings.database_url))
-        asyncio.run(apply_schema(settings.database_url))
-        key = asyncio.run(_demo_key(settings))
-        _announce(settings, key)
-        return _supervise(settings)
     finally:
         services.stop()
+
+
+def _run_all(settings: Settings) -> int:
+    """Find or start Postgres and Redis, migrate, then run web + worker until Ctrl-C."""
+    with _found_services(settings) as found:
+        asyncio.run(create_database(found.database_url))
+        asyncio.run(apply_schema(found.database_url))
+        key = asyncio.run(_demo_key(found))
+        _announce(found, key)
+        return _supervise(found)
 
 
 def _announce(settings: Settings, key: str | None) -> None:
@@ -178,7 +183,9 @@ def _supervise(settings: Settings) -> int:
         subprocess.Popen([sys.executable, "-m", "listmill.cli", role], env=env)
         for role in ("web", "worker")
     ]
+    # Both set explicitly: a shell that starts `make run &` hands SIGINT over as ignored.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     status = 0
     try:
         while all(child.poll() is None for child in children):
@@ -252,32 +259,63 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_client(args, os.environ)
     settings = Settings()
     configure_logging(settings)
-    if args.command == "migrate":
-        asyncio.run(create_database(settings.database_url))
-        asyncio.run(apply_schema(settings.database_url))
-        log.info("schema_applied")
-        return 0
-    if args.command == "keys" and args.keys == "create":
-        scopes = [s.strip() for s in args.scopes.split(",")] if args.scopes else None
+    if args.command in ("migrate", "keys", "queues", "run"):
+        from asyncpg import UndefinedTableError
+
+        from listmill.devservices import ServiceUnavailable
+
         try:
-            print(asyncio.run(_create_key(settings, args.project, scopes)))
-        except ValueError as exc:
+            return _admin(args, settings)
+        except ServiceUnavailable as exc:
             print(f"listmill: {exc}", file=sys.stderr)
             return 2
-        return 0
-    if args.command == "keys":
+        except UndefinedTableError:
+            print(
+                "listmill: the database has no listmill tables: run `listmill migrate`",
+                file=sys.stderr,
+            )
+            return 2
+    runners = {"web": _run_web, "worker": _run_worker}
+    return runners[args.command](settings)
+
+
+def _admin(args: argparse.Namespace, settings: Settings) -> int:
+    """The commands that find Postgres and Redis the way `make run` does."""
+    if args.command == "run":
+        return _run_all(settings)
+    with _found_services(settings) as found:
+        if args.command == "migrate":
+            asyncio.run(create_database(found.database_url))
+            asyncio.run(apply_schema(found.database_url))
+            log.info("schema_applied")
+            return 0
+        if args.command == "queues":
+            from listmill.queues_table import show_queues
+
+            try:
+                return asyncio.run(show_queues(found, args.watch))
+            except KeyboardInterrupt:
+                return 0
+        return _keys(args, found)
+
+
+def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    if args.keys == "revoke":
         revoked = asyncio.run(_revoke_key(settings, args.key))
         print("revoked" if revoked else "no active key with that prefix", file=sys.stderr)
         return 0 if revoked else 1
-    if args.command == "queues":
-        from listmill.queues_table import show_queues
-
-        try:
-            return asyncio.run(show_queues(settings, args.watch))
-        except KeyboardInterrupt:
-            return 0
-    runners = {"web": _run_web, "worker": _run_worker, "run": _run_all}
-    return runners[args.command](settings)
+    scopes = None
+    if args.scopes is not None:
+        scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+        if not scopes:
+            print("listmill: --scopes names no scope; omit it for a secret key", file=sys.stderr)
+            return 2
+    try:
+        print(asyncio.run(_create_key(settings, args.project, scopes)))
+    except ValueError as exc:
+        print(f"listmill: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

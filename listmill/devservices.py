@@ -212,8 +212,14 @@ def _database_error(url: str) -> str | None:
         asyncpg.InterfaceError,
         asyncpg.InternalClientError,  # e.g. the server shut down in the middle of the check
     ) as exc:
-        return f"{type(exc).__name__}: {exc}"
+        return _reason(exc)
     return None
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as a reason: its type, and its message or what an empty one means."""
+    message = str(exc) or ("no answer in time" if isinstance(exc, TimeoutError) else "no reason")
+    return f"{type(exc).__name__}: {message}"
 
 
 def _check_explicit_postgres(url: str) -> None:
@@ -467,7 +473,7 @@ def _redis_error(url: str) -> str | None:
         with _redis_client(url) as client:
             client.ping()
     except (OSError, redis.RedisError) as exc:
-        return f"{type(exc).__name__}: {exc}"
+        return _reason(exc)
     return None
 
 

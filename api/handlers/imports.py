@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import BodyPartReader, MultipartReader, web
@@ -88,28 +89,58 @@ async def _check_list(conn: Connection, project_id: int, options: ImportOptions)
     return {"default_status": "pending" if double else "subscribed"}
 
 
-async def _source(request: web.Request, options: dict[str, str]) -> Read:
-    """Where the CSV bytes come from; multipart fields before the file join ``options``."""
+@dataclass
+class Source:
+    """Where the CSV bytes come from; for a form, the reader of the parts after the file."""
+
+    read: Read
+    form: MultipartReader | None = None
+
+
+async def _source(request: web.Request, options: dict[str, str]) -> Source:
+    """The CSV's source; form fields before the file join ``options`` (checked at once)."""
     if request.content_type in CSV_TYPES:
-        return request.content.read
+        return Source(request.content.read)
     if request.content_type != "multipart/form-data":
         raise UnsupportedMediaType("send the CSV as multipart/form-data (field file) or text/csv")
     try:
         reader = await request.multipart()
-        return await _form_source(reader, options)
+        while (part := await _next_part(reader)) is not None:
+            if part.name == "file":
+                validate(ImportOptions, options)  # checked before the upload is read
+                return Source(part.read_chunk, reader)
+            _add_field(options, part.name, await part.text())
     except (ValueError, AssertionError) as exc:  # aiohttp's words for a broken form
+        raise BadRequest(f"the multipart body is malformed: {exc}") from None
+    raise ValidationFailed.on("file", "no file part in the form", "missing")
+
+
+async def _fields_after_file(source: Source, options: dict[str, str]) -> None:
+    """Form fields sent after the file join ``options`` too; a second file is refused."""
+    if source.form is None:
+        return
+    try:
+        while (part := await _next_part(source.form)) is not None:
+            if part.name == "file":
+                raise ValidationFailed.on("file", "send one file per import", "duplicate")
+            _add_field(options, part.name, await part.text())
+    except (ValueError, AssertionError) as exc:
         raise BadRequest(f"the multipart body is malformed: {exc}") from None
 
 
-async def _form_source(reader: MultipartReader, options: dict[str, str]) -> Read:
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):
-            continue
-        if part.name == "file":
-            validate(ImportOptions, options)  # options are checked before the upload is read
-            return part.read_chunk
-        options[part.name or ""] = await part.text()
-    raise ValidationFailed.on("file", "no file part in the form", "missing")
+async def _next_part(reader: MultipartReader) -> BodyPartReader | None:
+    part = await reader.next()
+    if part is not None and not isinstance(part, BodyPartReader):
+        raise BadRequest("nested multipart bodies are not supported")
+    return part
+
+
+def _add_field(options: dict[str, str], name: str | None, value: str) -> None:
+    if not name:
+        raise ValidationFailed.on("body", "a form field has no name", "missing")
+    if name in options:
+        raise ValidationFailed.on(name, "given twice (query and form, or two fields)", "duplicate")
+    options[name] = value
 
 
 @requires("contacts:write")
@@ -119,11 +150,12 @@ async def import_contacts(request: web.Request) -> web.Response:
     key = idempotency_key(request)
     raw_options: dict[str, str] = dict(request.query)
     validate(ImportOptions, raw_options)
-    read = await _source(request, raw_options)
+    source = await _source(request, raw_options)
     pool, settings, job_id = request.app[POOL], request.app[SETTINGS], uuid.uuid4()
     try:
         async with pool.acquire() as conn, conn.transaction():
-            file_digest = await _store_file(conn, request, job_id, read)
+            file_digest = await _store_file(conn, request, job_id, source.read)
+            await _fields_after_file(source, raw_options)
             options = validate(ImportOptions, raw_options)
             params = options.model_dump(mode="json") | await _check_list(conn, project_id, options)
             submission = Submission(

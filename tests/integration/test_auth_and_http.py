@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import asyncpg
@@ -18,6 +19,19 @@ async def test_missing_or_bad_key_is_401_with_envelope(api: Api) -> None:
     assert status == 401 and body["error"]["code"] == "unauthorized"
     response = await api.client.get("/api/v1/contacts", headers={"Authorization": "Basic abc"})
     assert response.status == 401
+
+
+async def test_a_key_that_is_not_ascii_is_401_not_500(api: Api) -> None:
+    host, port = api.client.server.host, api.client.server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        b"GET /api/v1/contacts HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Authorization: Bearer sk_\xc3\xa9\xff\r\n\r\n"
+    )
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert b'"code": "unauthorized"' in answer
 
 
 async def test_revoked_key_is_refused(api: Api, db: asyncpg.Connection) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 
 import asyncpg
@@ -65,6 +67,28 @@ async def test_malformed_json_is_400_and_wrong_type_415(api: Api) -> None:
         headers={"Authorization": f"Bearer {api.key}", "Content-Type": "text/plain"},
     )
     assert response.status == 415
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested more than 32 levels"),
+        (b'{"email": "d@example.com", "data": {"k": ' + b"[" * 40 + b"]" * 40 + b"}}", "nested"),
+        (b'{"email": "n@example.com", "data": {"k": NaN}}', "NaN is not a JSON value"),
+        (b'{"email": "i@example.com", "data": {"k": -Infinity}}', "not a JSON value"),
+        (b'{"email": "e@example.com", "data": {"k": 1e999}}', "too large a number"),
+    ],
+)
+async def test_bodies_json_cannot_keep_are_400_not_500(api: Api, body: bytes, says: str) -> None:
+    response = await api.client.post(
+        "/api/v1/contacts",
+        data=body,
+        headers={"Authorization": f"Bearer {api.key}", "Content-Type": "application/json"},
+    )
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["code"] == "bad_request" and says in error["message"]
+    assert (await api.get("/contacts"))[1]["meta"]["total"] == 0
 
 
 async def test_nul_characters_are_422_not_500(api: Api) -> None:

@@ -117,6 +117,40 @@ async def test_upload_refusals(api: Api, db: asyncpg.Connection) -> None:
     assert await db.fetchval("SELECT count(*) FROM job_file_chunks") == 0
 
 
+async def _form_post(api: Api, fields: list[tuple[str, Any]]) -> tuple[int, Any]:
+    form = FormData()
+    for name, value in fields:
+        if name == "file":
+            form.add_field(name, io.BytesIO(value), filename="c.csv", content_type="text/csv")
+        else:
+            form.add_field(name, value)
+    headers = {"Authorization": f"Bearer {api.key}"}
+    response = await api.client.post("/api/v1/contacts/import", data=form, headers=headers)
+    return response.status, await response.json()
+
+
+async def test_form_fields_after_the_file_count_too(
+    api: Api, db: asyncpg.Connection, run_jobs: RunJobs
+) -> None:
+    csv = b"email\ndry@example.com\n"
+    status, body = await _form_post(api, [("file", csv), ("dry_run", "true"), ("mode", "upsert")])
+    assert status == 202, body
+    assert body["data"]["params"]["dry_run"] is True
+    await run_jobs()
+    assert (await wait_for_job(api, body["data"]["id"]))["counts"]["created"] == 1
+    assert await db.fetchval("SELECT count(*) FROM contacts") == 0
+    refusals = [
+        ([("file", csv), ("mode", "bogus")], "mode"),
+        ([("file", csv), ("file", csv)], "one file"),
+        ([("mode", "upsert"), ("file", csv), ("mode", "fill_blanks")], "given twice"),
+    ]
+    for fields, says in refusals:
+        status, body = await _form_post(api, fields)
+        assert status == 422 and says in str(body["error"]), body
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 1
+    assert await db.fetchval("SELECT count(*) FROM job_file_chunks") == 0
+
+
 async def test_too_large_is_413_and_nothing_stays(
     api: Api,
     db: asyncpg.Connection,
