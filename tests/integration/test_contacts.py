@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 import asyncio
 
 import asyncpg
+import pytest
 
 from tests.conftest import Api
 
