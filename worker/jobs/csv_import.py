@@ -3,6 +3,7 @@ of an email wins), then merge it batch by batch into contacts, memberships and e
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,8 @@ from listmill.settings import Settings
 
 from .base import BatchOutcome, Plan, Prepared
 from .memberships import Joining, join_list
+
+YIELD_EVERY_ROWS = 1000  # ~10 ms of parsing: how long the event loop may be held
 
 
 class _DryRun(Exception):
@@ -67,6 +70,8 @@ class _Staging:
                 rows += list(csv_reader.finish())
             for row in rows:
                 self.position += 1
+                if self.position % YIELD_EVERY_ROWS == 0:
+                    await asyncio.sleep(0)  # a COPY being fed never waits: let other jobs run
                 parsed = contact_from_row(header, row)
                 if isinstance(parsed, RowError):
                     _row_error(outcome, parsed, cap)
