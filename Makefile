@@ -37,6 +37,7 @@ test: lint typecheck pytest
 
 bench: install
 	$(BIN)/python bench/bulk_latency.py
+	$(BIN)/python bench/import_throughput.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
