@@ -43,6 +43,7 @@ from common import (
     Api,
     Service,
     add_service_args,
+    interruptible,
     percentiles,
     running_service,
     service_of,
@@ -554,10 +555,8 @@ def bench(cfg: Config) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
-    try:
-        report = bench(cfg)
-    except KeyboardInterrupt:
-        print("interrupted; the service was stopped", file=sys.stderr)
+    report = interruptible(lambda: bench(cfg))
+    if report is None:
         return 130
     print_report(report)
     if report["failed_jobs"]:

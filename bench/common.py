@@ -154,6 +154,15 @@ def running_service(
         asyncio.run(clean_up(svc))
 
 
+def interruptible(run: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+    """A benchmark's report, or None (having said so) if Ctrl-C or SIGTERM stopped it."""
+    try:
+        return run()
+    except KeyboardInterrupt:
+        print("interrupted; the service was stopped", file=sys.stderr)
+        return None
+
+
 async def wait_ready(svc: Service, procs: list[subprocess.Popen[bytes]]) -> None:
     async with aiohttp.ClientSession() as session:
         await Api(session, svc.base).wait_ready(procs)

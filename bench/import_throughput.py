@@ -43,6 +43,7 @@ from common import (
     RssPeaks,
     Service,
     add_service_args,
+    interruptible,
     percentiles,
     run_listmill,
     running_service,
@@ -78,6 +79,7 @@ class Config:
     bulk_jobs: int
     job_timeout: float
     workdir: Path
+    own_workdir: bool  # made by this run: removed at the end
 
 
 @dataclass
@@ -276,6 +278,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     return Config(
         svc=service_of(args), rows=args.rows, small_rows=args.small_rows, skip=skip,
         bulk_jobs=args.bulk_jobs, job_timeout=args.job_timeout, workdir=workdir,
+        own_workdir=args.workdir is None,
     )  # fmt: skip
 
 
@@ -457,13 +460,14 @@ def bench(cfg: Config) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
-        report = bench(cfg)
-    except KeyboardInterrupt:
-        print("interrupted; the service was stopped", file=sys.stderr)
-        return 130
+        report = interruptible(lambda: bench(cfg))
     finally:
         for path in cfg.workdir.glob("*.csv"):
             path.unlink()
+        if cfg.own_workdir:
+            cfg.workdir.rmdir()
+    if report is None:
+        return 130
     print_report(report)
     return 1 if report["failed_jobs"] else 0
 
