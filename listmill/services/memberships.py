@@ -16,6 +16,7 @@ from listmill.validation import normalize_email
 LIST_NOT_FOUND = "list not found"
 CONTACT_NOT_FOUND = "contact not found"
 MEMBERSHIP_NOT_FOUND = "membership not found"
+JOINING = frozenset({"pending", "subscribed", "confirmed"})  # statuses that would mail it
 
 
 async def _list(conn: Connection, project_id: int, list_id: int) -> MailingList:
@@ -25,15 +26,16 @@ async def _list(conn: Connection, project_id: int, list_id: int) -> MailingList:
     return found
 
 
-async def _contact_id(
+async def _contact(
     conn: Connection, project_id: int, contact_id: int | None, contact: dict[str, Any] | None
-) -> int | None:
-    """The contact named by id, or by email (created if new, blanks filled, when ``contact``
-    carries more than a lookup); None if the email is unknown and nothing may be created."""
+) -> tuple[int, str]:
+    """The contact named by id, or by email (created if new, blanks filled): its id and
+    marketing status. NotFound for an unknown id."""
     if contact_id is not None:
-        if not await contact_queries.find_by_ids(conn, project_id, [contact_id]):
+        found = await contact_queries.find_by_ids(conn, project_id, [contact_id])
+        if contact_id not in found:
             raise NotFound(CONTACT_NOT_FOUND)
-        return contact_id
+        return contact_id, found[contact_id]
     assert contact is not None
     email, normalized = normalize_email(contact["email"])
     await contact_queries.merge_contacts(
@@ -42,8 +44,8 @@ async def _contact_id(
         [{**contact, "email": email, "email_normalized": normalized}],
         "fill_blanks",
     )
-    found = await contact_queries.find_by_emails(conn, project_id, [normalized])
-    return found[normalized][0]
+    by_email = await contact_queries.find_by_emails(conn, project_id, [normalized])
+    return by_email[normalized]
 
 
 async def put_membership(
@@ -57,18 +59,24 @@ async def put_membership(
 ) -> tuple[Membership, bool]:
     """Create or update one membership in the caller's transaction; (membership, created).
 
-    Raises NotFound for an unknown list or contact, Conflict for an archived list or a status
-    change the consent rules forbid (a complained member is never silently re-subscribed)."""
+    Raises NotFound for an unknown list or contact, Conflict for an archived list, a contact
+    suppressed for all email (unsubscribed, bounced, complained) that would become an active
+    member, or a status change the consent rules forbid (a complained member is never
+    silently re-subscribed)."""
     mailing_list = await _list(conn, project_id, target["list_id"])
-    contact_id = await _contact_id(
+    contact_id, contact_status = await _contact(
         conn, project_id, target.get("contact_id"), target.get("contact")
     )
-    assert contact_id is not None
     existing = await queries.get_member(conn, project_id, mailing_list.id, contact_id)
     if existing is None and mailing_list.status is ListStatus.ARCHIVED:
         raise Conflict("the list is archived: it takes no new members")
     double = mailing_list.opt_in_process is OptInProcess.DOUBLE
     new_status = status or ("pending" if double else "subscribed")
+    if contact_status != "subscribed" and new_status in JOINING:
+        raise Conflict(
+            f"the contact is {contact_status} for all email: it does not join lists; if it "
+            "opted in again, set its status to subscribed first (PATCH /contacts/{id})"
+        )
     result = await queries.add_members(
         conn, project_id, mailing_list.id, [contact_id],
         new_status=new_status, requested_status=status, source=source, consent=consent,

@@ -12,21 +12,28 @@ from listmill.records import JobKind, JobRow
 from listmill.validation import normalize_email
 
 from .base import BatchOutcome
+from .memberships import SUPPRESSED
 
 NOT_FOUND = "no contact with this id or email in this project"
 
 
+Found = dict[int, tuple[int, str | None, str]]  # contact id -> (row number, email, status)
+
+
 async def _resolve(
     conn: Connection, job: JobRow, items: list[Any], first: int, outcome: BatchOutcome
-) -> dict[int, str]:
-    """The project's contacts among these items (id -> marketing status); the rest are
-    counted not_found."""
+) -> Found:
+    """The project's contacts among these items, with the row that named each and its
+    marketing status; the rest are error rows (counted by _count_errors)."""
     if job.params["identify_by"] == "contact_ids":
-        found = await contact_queries.find_by_ids(conn, job.project_id, items)
+        by_id = await contact_queries.find_by_ids(conn, job.project_id, items)
+        found: Found = {}
         for offset, contact_id in enumerate(items):
-            if contact_id not in found:
+            if contact_id in by_id:
+                found[contact_id] = (first + offset, None, by_id[contact_id])
+            else:
                 outcome.error(first + offset, None, "not_found", f"{NOT_FOUND}: {contact_id}")
-        return {i: found[i] for i in items if i in found}
+        return found
     normalized: dict[int, str] = {}
     for offset, raw in enumerate(items):
         try:
@@ -34,14 +41,14 @@ async def _resolve(
         except ValueError as exc:
             outcome.error(first + offset, raw[:320], "invalid_email", str(exc))
     by_email = await contact_queries.find_by_emails(conn, job.project_id, list(normalized.values()))
-    statuses: dict[int, str] = {}
+    found = {}
     for offset, email in normalized.items():
         if email in by_email:
             contact_id, status = by_email[email]
-            statuses[contact_id] = status
+            found[contact_id] = (first + offset, email, status)
         else:
             outcome.error(first + offset, email, "not_found", NOT_FOUND)
-    return statuses
+    return found
 
 
 def _count_errors(outcome: BatchOutcome) -> None:
@@ -63,14 +70,13 @@ async def apply_bulk_status(
     outcome = BatchOutcome()
     found = await _resolve(conn, job, items, first, outcome)
     _count_errors(outcome)
-    ids = list(found)
-    if ids:
+    if found:
         list_id = job.params.get("list_id")
         if list_id is None:
-            await _apply_to_contacts(conn, job, found, outcome)
+            await _apply_to_contacts(conn, job, {i: f[2] for i, f in found.items()}, outcome)
         else:
             operation = LIST_OPERATIONS[job.kind]
-            await apply_to_memberships(conn, job, list_id, ids, operation, outcome)
+            await apply_to_memberships(conn, job, list_id, found, operation, outcome)
     return outcome
 
 
@@ -79,11 +85,11 @@ async def apply_remove_members(
 ) -> BatchOutcome:
     """remove_members: delete the memberships, or (mode=unsubscribe) keep them unsubscribed."""
     outcome = BatchOutcome()
-    ids = list(await _resolve(conn, job, items, first, outcome))
+    found = await _resolve(conn, job, items, first, outcome)
     _count_errors(outcome)
-    if ids:
+    if found:
         operation = "unsubscribe" if job.params["mode"] == "unsubscribe" else "delete"
-        await apply_to_memberships(conn, job, job.params["list_id"], ids, operation, outcome)
+        await apply_to_memberships(conn, job, job.params["list_id"], found, operation, outcome)
     return outcome
 
 
@@ -114,11 +120,13 @@ async def apply_to_memberships(
     conn: Connection,
     job: JobRow,
     list_id: int,
-    ids: list[int],
+    found: Found,
     operation: str,
     outcome: BatchOutcome,
 ) -> None:
-    """subscribe | unsubscribe | delete the contacts' memberships of one list."""
+    """subscribe | unsubscribe | delete the contacts' memberships of one list. A contact whose
+    own marketing status is not subscribed is never subscribed to a list (suppressed)."""
+    ids = list(found)
     if operation == "delete":
         removed = await member_queries.delete_members(conn, list_id, ids)
         outcome.counts["deleted"] += len(removed)
@@ -131,6 +139,15 @@ async def apply_to_memberships(
             outcome.counts[key] += 1
         return
     # an explicit subscribe: new members and pending or unsubscribed ones become subscribed
+    ids = []
+    for contact_id, (row, email, status) in found.items():
+        if status == "subscribed":
+            ids.append(contact_id)
+        else:
+            outcome.error(row, email, "suppressed", SUPPRESSED.format(status=status))
+            outcome.counts["suppressed"] += 1
+    if not ids:
+        return
     result = await member_queries.add_members(
         conn, job.project_id, list_id, ids,
         new_status="subscribed", requested_status="subscribed", source="api",
