@@ -38,6 +38,11 @@ ALIASES = {
     "tz": "time_zone",
 }
 CONTACT_FIELDS = ("first_name", "last_name", "country", "time_zone")
+_FIRST_LINE = re.compile(rb"[^\r\n]*")
+
+# csv refuses a field over 128 KiB by raising, which would fail the whole job: the limit goes
+# up (process-wide, as csv keeps it) so that such a field is an error row like any over-long one
+csv.field_size_limit(2**31 - 1)
 
 
 class HeaderError(ValueError):
@@ -63,12 +68,18 @@ def read_header(first_bytes: bytes) -> Header:
     """Check the header row before a file is accepted; raises HeaderError saying what is wrong."""
     if not first_bytes.strip():
         raise HeaderError("the file is empty")
+    if first_bytes.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise HeaderError("the file is UTF-16: save it as CSV UTF-8 and upload it again")
     if b"\x00" in first_bytes[:4096]:
         raise HeaderError("the body is not text (it contains NUL bytes)")
-    text = first_bytes.decode("utf-8", errors="replace").lstrip("\ufeff")
-    line = text.splitlines()[0] if text.splitlines() else ""
-    delimiter = max(DELIMITERS, key=line.count)
-    columns = next(csv.reader([line], delimiter=delimiter), [])
+    first_line = _FIRST_LINE.match(first_bytes.removeprefix(codecs.BOM_UTF8))
+    try:
+        line = first_line.group().decode("utf-8") if first_line else ""
+    except UnicodeDecodeError:
+        raise HeaderError("the header row is not UTF-8: save the file as CSV UTF-8") from None
+    # a delimiter inside a quoted column name ("Name, full";email) is not the delimiter
+    delimiter = max(DELIMITERS, key=re.sub(r'"[^"]*"', "", line).count)
+    columns = [c.strip() for c in next(csv.reader([line], delimiter=delimiter), [])]
     mapping = [_alias(column) for column in columns]
     if "email" not in mapping:
         raise HeaderError(
@@ -77,42 +88,106 @@ def read_header(first_bytes: bytes) -> Header:
     seen = [m for m in mapping if m]
     if len(seen) != len(set(seen)):
         raise HeaderError("the header row names the same contact field twice")
-    return Header(delimiter, [c.strip() for c in columns], mapping)
+    custom = [c for c, m in zip(columns, mapping, strict=True) if c and not m]
+    for name in custom:
+        if custom.count(name) > 1:
+            raise HeaderError(f"the header row names the column {name} twice")
+    return Header(delimiter, columns, mapping)
 
 
 class RecordSplitter:
     """Cuts decoded text into complete CSV records across chunk boundaries: a newline ends a
-    record only outside quotes (escaped quotes come in pairs, so a parity count suffices)."""
+    record only outside quotes. As csv reads them, a quote opens a quoted field only at the
+    start of a field (``5" screen`` is text), and inside one a doubled quote is a quote."""
 
-    def __init__(self) -> None:
+    # from inside a quoted field: up to its closing quote (one not doubled)
+    _CLOSING = re.compile(r'(?:[^"]++|"")*+"(?!")')
+
+    def __init__(self, delimiter: str) -> None:
+        self._field_starts = (delimiter, "\n", "\r")
+        # from the start of a record: the whole records that follow, while every quote in them
+        # is where csv reads one (most files); the other quotes are followed one by one
+        quoted = rf'(?:(?<=[{re.escape(delimiter)}\r\n])|\A)"(?:[^"]++|"")*+"(?!")'
+        self._records = re.compile(rf'(?:(?:[^"\n]++|{quoted})*+\n)*')
         self._pending: list[str] = []
-        self._quotes = 0
+        self._in_quotes = False
+        # inside quotes the text ended on a quote: a closing one, or half of a doubled one?
+        self._quote_at_end = False  # the next character tells
+        self._last = "\n"
+
+    @property
+    def unterminated(self) -> bool:
+        """Whether the text fed so far ends inside a quoted field."""
+        return self._in_quotes and not self._quote_at_end
 
     def feed(self, text: str) -> str:
         """The complete records in what has been fed so far, as one block of text."""
-        cut = text.rfind("\n")
-        if cut >= 0 and (self._quotes + text.count('"', 0, cut)) % 2 == 0:
-            # the last newline ends a record: no need to look at the lines before it
-            done = "".join(self._pending) + text[: cut + 1]
-            rest = text[cut + 1 :]
-            self._pending, self._quotes = [rest], rest.count('"')
-            return done
-        return self._feed_lines(text)
+        if not text:
+            return ""
+        cut = self._scan(text)
+        self._last = text[-1]
+        if cut < 0:
+            self._pending.append(text)
+            return ""
+        done = "".join(self._pending) + text[:cut]
+        self._pending = [text[cut:]]
+        return done
 
-    def _feed_lines(self, text: str) -> str:
-        lines = text.split("\n")
-        done: list[str] = []
-        for index, line in enumerate(lines):
-            last = index == len(lines) - 1
-            self._pending.append(line if last else line + "\n")
-            self._quotes += line.count('"')
-            if not last and self._quotes % 2 == 0:
-                done.append("".join(self._pending))
-                self._pending, self._quotes = [], 0
-        return "".join(done)
+    def _scan(self, text: str) -> int:
+        """Follow the quoting through ``text``; the end of its last record outside quotes, or -1."""
+        pos, cut, end = self._resume(text), -1, len(text)
+        while pos < end:
+            if self._in_quotes:
+                pos = self._past_closing(text, pos)
+                continue
+            if (text[pos - 1] if pos else self._last) == "\n":
+                records = self._records.match(text, pos)  # matches, if only the empty string
+                if records and records.end() > pos:
+                    cut = pos = records.end()
+                    continue
+            newline = text.find("\n", pos)
+            opening = self._next_opening(text, pos, end if newline < 0 else newline)
+            if opening >= 0:
+                self._in_quotes, pos = True, opening + 1
+            elif newline >= 0:
+                cut = pos = newline + 1
+            else:
+                break
+        return cut
+
+    def _resume(self, text: str) -> int:
+        """Where to go on in ``text`` after a quote that ended the text before inside quotes."""
+        if not self._quote_at_end:
+            return 0
+        self._quote_at_end = False
+        if text[0] == '"':
+            return 1  # a doubled quote: still inside
+        self._in_quotes = False
+        return 0
+
+    def _past_closing(self, text: str, pos: int) -> int:
+        """From inside a quoted field: past its closing quote, or the end of the text."""
+        closing = self._CLOSING.match(text, pos)
+        if closing is None:
+            return len(text)
+        if closing.end() == len(text):
+            self._quote_at_end = True
+            return len(text)
+        self._in_quotes = False
+        return closing.end()
+
+    def _next_opening(self, text: str, pos: int, end: int) -> int:
+        """The first quote at the start of a field between two positions, or -1."""
+        quote = text.find('"', pos, end)
+        while quote >= 0:
+            before = text[quote - 1] if quote else self._last
+            if before in self._field_starts:
+                return quote
+            quote = text.find('"', quote + 1, end)
+        return -1
 
     def finish(self) -> str:
-        rest, self._pending, self._quotes = "".join(self._pending), [], 0
+        rest, self._pending = "".join(self._pending), []
         return rest
 
 
@@ -121,6 +196,7 @@ class ParsedRow:
     number: int  # the row as a spreadsheet shows it: the header is row 1
     values: list[str]
     undecodable: bool = False
+    unterminated: bool = False  # a quoted field opened in it is never closed
 
 
 @dataclass
@@ -132,10 +208,13 @@ class CsvReader:
     _decoder: Any = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")("surrogateescape")
     )
-    _splitter: RecordSplitter = field(default_factory=RecordSplitter)
+    _splitter: RecordSplitter = field(init=False)
     _started: bool = False
     _header_skipped: bool = False
     _number: int = 1
+
+    def __post_init__(self) -> None:
+        self._splitter = RecordSplitter(self.header.delimiter)
 
     def feed(self, data: bytes) -> Iterator[ParsedRow]:
         text = self._decoder.decode(data)
@@ -145,7 +224,14 @@ class CsvReader:
 
     def finish(self) -> Iterator[ParsedRow]:
         text = self._decoder.decode(b"", final=True)
-        return self._rows(self._splitter.feed(text) + self._splitter.finish())
+        last: ParsedRow | None = None
+        for row in self._rows(self._splitter.feed(text) + self._splitter.finish()):
+            if last is not None:
+                yield last
+            last = row
+        if last is not None:  # the file's last record, unless that one was blank
+            last.unterminated = self._splitter.unterminated and last.number == self._number
+            yield last
 
     def _rows(self, block: str) -> Iterator[ParsedRow]:
         if not block:
@@ -184,6 +270,9 @@ def contact_from_row(header: Header, row: ParsedRow) -> dict[str, Any] | RowErro
     shown_email = raw_email.strip()[:320].encode("utf-8", "replace").decode() or None
     if row.undecodable:
         return RowError(row.number, shown_email, "invalid_encoding", "the row is not valid UTF-8")
+    if row.unterminated:
+        message = "a quoted field in this row is never closed: the rest of the file is in it"
+        return RowError(row.number, shown_email, "unterminated_quote", message)
     try:
         email, normalized = normalize_email(raw_email)
     except ValueError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import asyncpg
@@ -317,3 +318,31 @@ async def test_file_kept_for_its_retention_then_purged_by_retention(
     finally:
         await redis.aclose()
         await context["pool"].close()
+
+
+NASTY = (
+    b'"Name, Full";email;"Size, inches";notes\n'
+    b'"Lee, Ann";ann@example.com;5" screen;"one\ntwo"\n'
+    b'Bo;bo@example.com;x;"' + b"z" * 200_000 + b'"\n'
+    b"Cy;cy@example.com;7;ok\n"
+    b'Di;di@example.com;8;"never closed\n'
+    b"Ed;ed@example.com;9;swallowed\n"
+)
+
+
+async def test_nasty_file_every_row_accounted_for_with_its_spreadsheet_row_number(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    job = await run_import(api, run_jobs, NASTY)
+    assert job["status"] == "succeeded", job
+    assert job["counts"] == {"created": 2, "invalid": 2}
+    rows = await db.fetch("SELECT email, data FROM contacts ORDER BY id")
+    ann = {"Name, Full": "Lee, Ann", "Size, inches": '5" screen', "notes": "one\ntwo"}
+    cy = {"Name, Full": "Cy", "Size, inches": "7", "notes": "ok"}
+    assert [(r["email"], json.loads(r["data"])) for r in rows] == [
+        ("ann@example.com", ann), ("cy@example.com", cy)
+    ]  # fmt: skip
+    _, errors = await api.get(f"/jobs/{job['id']}/errors")
+    assert [(e["row_number"], e["email"], e["code"]) for e in errors["data"]] == [
+        (3, "bo@example.com", "invalid_field"), (5, "di@example.com", "unterminated_quote"),
+    ]  # fmt: skip

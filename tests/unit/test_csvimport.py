@@ -106,3 +106,54 @@ def test_invalid_utf8_is_an_error_row_not_a_crash() -> None:
     first = contact_from_row(header, rows[0])
     assert isinstance(first, RowError) and first.code == "invalid_encoding"
     assert isinstance(contact_from_row(header, rows[1]), dict)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64, 10_000])
+def test_a_quote_inside_an_unquoted_field_is_text_not_the_start_of_a_quoted_field(
+    chunk: int,
+) -> None:
+    data = b'email,size,notes\na@example.com,5" screen,"one\ntwo"\nb@example.com,x,y\nbad,z,w\n'
+    rows = parse(data, chunk)
+    assert [(r.number, r.values) for r in rows] == [
+        (2, ["a@example.com", '5" screen', "one\ntwo"]),
+        (3, ["b@example.com", "x", "y"]),
+        (4, ["bad", "z", "w"]),
+    ]
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 10_000])
+def test_a_quoted_field_never_closed_is_an_error_row_not_the_rest_of_the_file(chunk: int) -> None:
+    header = read_header(b"email,first_name\n")
+    data = b'email,first_name\na@example.com,A\nb@example.com,"B\nc@example.com,C\n'
+    rows = parse(data, chunk)
+    assert [r.number for r in rows] == [2, 3]
+    error = contact_from_row(header, rows[1])
+    assert isinstance(error, RowError) and error.code == "unterminated_quote"
+    assert error.number == 3 and error.email == "b@example.com"
+    assert isinstance(contact_from_row(header, rows[0]), dict)
+
+
+def test_a_field_over_csv_s_own_limit_is_an_error_row_not_a_crash() -> None:
+    header = read_header(b"email,notes\n")
+    data = b'email,notes\na@example.com,"' + b"z" * (1 << 20) + b'"\nb@example.com,ok\n'
+    rows = parse(data, 64 * 1024)
+    assert [r.number for r in rows] == [2, 3]
+    error = contact_from_row(header, rows[0])
+    assert isinstance(error, RowError) and error.code == "invalid_field"
+
+
+def test_the_delimiter_is_sniffed_outside_quoted_header_cells() -> None:
+    parsed = read_header(b'"Name, Full";email;"Tags, more"\n"Lee, Ann";a@example.com;x\n')
+    assert parsed.delimiter == ";"
+    assert parsed.columns == ["Name, Full", "email", "Tags, more"]
+
+
+def test_header_refusals_that_say_what_to_do() -> None:
+    for data, message in (
+        ("email,name\r\n".encode("utf-16"), "UTF-16"),
+        (b"email,Stra\xdfe\na@example.com,x\n", "not UTF-8"),
+        (b"email,plan,Plan,plan\n", "names the column plan twice"),
+    ):
+        with pytest.raises(HeaderError, match=message):
+            read_header(data)
+    assert read_header(b"email,,,\n").columns == ["email", "", "", ""]  # unnamed: ignored
