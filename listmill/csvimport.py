@@ -262,21 +262,32 @@ class RowError:
     email: str | None
     code: str
     message: str
+    email_normalized: str | None = None  # when the email itself is valid: the row's person
+
+
+def _row_problem(row: ParsedRow) -> tuple[str, str] | None:
+    if row.undecodable:
+        return "invalid_encoding", "the row is not valid UTF-8"
+    if row.unterminated:
+        return (
+            "unterminated_quote",
+            "a quoted field in this row is never closed: the rest of the file is in it",
+        )
+    return None
 
 
 def contact_from_row(header: Header, row: ParsedRow) -> dict[str, Any] | RowError:
     """A normalised contact, or the reason the row is an error row."""
     raw_email = row.values[header.email_index] if header.email_index < len(row.values) else ""
-    shown_email = raw_email.strip()[:320].encode("utf-8", "replace").decode() or None
-    if row.undecodable:
-        return RowError(row.number, shown_email, "invalid_encoding", "the row is not valid UTF-8")
-    if row.unterminated:
-        message = "a quoted field in this row is never closed: the rest of the file is in it"
-        return RowError(row.number, shown_email, "unterminated_quote", message)
+    problem = _row_problem(row)
     try:
         email, normalized = normalize_email(raw_email)
     except ValueError as exc:
-        return RowError(row.number, shown_email, "invalid_email", str(exc))
+        shown_email = raw_email.strip()[:320].encode("utf-8", "replace").decode() or None
+        code, message = problem or ("invalid_email", str(exc))
+        return RowError(row.number, shown_email, code, message)
+    if problem:
+        return RowError(row.number, email, *problem, normalized)
     contact: dict[str, Any] = {"email": email, "email_normalized": normalized}
     data: dict[str, str] = {}
     for column, target, value in zip(header.columns, header.mapping, row.values, strict=False):
@@ -286,7 +297,7 @@ def contact_from_row(header: Header, row: ParsedRow) -> dict[str, Any] | RowErro
         limit = MAX_FIELD_LENGTH if target else MAX_CUSTOM_VALUE
         if len(value) > limit or "\x00" in value:
             message = f"{column} is longer than {limit} characters or holds a NUL character"
-            return RowError(row.number, email, "invalid_field", message)
+            return RowError(row.number, email, "invalid_field", message, normalized)
         if target:
             contact[target] = value
         elif column:

@@ -10,7 +10,7 @@ from listmill.db import Connection
 
 STAGED_COLUMNS = (
     "job_id", "position", "row_number", "email", "email_normalized", "first_name", "last_name",
-    "country", "time_zone", "data",
+    "country", "time_zone", "data", "duplicate",
 )  # fmt: skip
 
 
@@ -34,14 +34,15 @@ async def stage_rows(
 
 
 async def mark_duplicates(conn: Connection, job_id: UUID) -> int:
-    """Flag every row of the file whose email a later row repeats (the last row wins)."""
+    """Flag every row of the file whose email a later row repeats (the last row wins); rows
+    staged already flagged (a mirror's error rows) are neither counted nor win."""
     result = await conn.execute(
         """
         WITH earlier AS MATERIALIZED (
             SELECT position FROM (
                 SELECT position, row_number() OVER (
                     PARTITION BY email_normalized ORDER BY position DESC) AS nth
-                FROM import_rows WHERE job_id = $1
+                FROM import_rows WHERE job_id = $1 AND NOT duplicate
             ) ranked
             WHERE nth > 1
         )

@@ -346,3 +346,31 @@ async def test_nasty_file_every_row_accounted_for_with_its_spreadsheet_row_numbe
     assert [(e["row_number"], e["email"], e["code"]) for e in errors["data"]] == [
         (3, "bo@example.com", "invalid_field"), (5, "di@example.com", "unterminated_quote"),
     ]  # fmt: skip
+
+
+async def test_mirror_keeps_members_whose_row_is_invalid_for_another_reason_than_the_email(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    _, made = await api.post("/lists", {"name": "Mirror"})
+    list_id = made["data"]["id"]
+    first = b"email\n" + b"".join(b"m%d@example.com\n" % i for i in range(5))
+    await run_import(api, run_jobs, first, list_id=list_id)
+    # an Excel export in Latin-1, an over-long field, a quote never closed: the row is an
+    # error row, but its person is in the file and stays a member
+    second = (
+        b"email,first_name\nm0@example.com,Jos\xe9\nm1@example.com," + b"x" * 300 + b"\n"
+        b'm2@example.com,Ann\nM2@example.com,Jos\xe9\nnot-an-email,X\nm4@example.com,"Di\n'
+    )
+    for dry_run in (True, False):
+        job = await run_import(
+            api, run_jobs, second, list_id=list_id, mode="mirror", dry_run=dry_run
+        )
+        assert job["counts"] == {"invalid": 5, "updated": 1, "skipped": 1, "unsubscribed": 1}
+    statuses = dict(await db.fetch(
+        "SELECT c.email, m.status FROM list_memberships m JOIN contacts c ON c.id = m.contact_id"
+    ))  # fmt: skip
+    assert statuses == {
+        "m0@example.com": "subscribed", "m1@example.com": "subscribed",
+        "m2@example.com": "subscribed", "m3@example.com": "unsubscribed",
+        "m4@example.com": "subscribed",
+    }  # fmt: skip

@@ -30,7 +30,16 @@ def _record(job: JobRow, position: int, row: ParsedRow, contact: dict[str, Any])
     return (
         job.id, position, row.number, contact["email"], contact["email_normalized"],
         contact.get("first_name"), contact.get("last_name"), contact.get("country"),
-        contact.get("time_zone"), contact["data"],
+        contact.get("time_zone"), contact["data"], False,
+    )  # fmt: skip
+
+
+def _present(job: JobRow, position: int, error: RowError) -> tuple[Any, ...]:
+    """An error row whose email is valid, staged for a mirror import only: its person is in
+    the file and stays a member, and nothing else is applied (staged as a duplicate)."""
+    return (
+        job.id, position, error.number, error.email, error.email_normalized,
+        None, None, None, None, {}, True,
     )  # fmt: skip
 
 
@@ -57,6 +66,7 @@ class _Staging:
     ) -> AsyncIterator[tuple[Any, ...]]:
         """The staged records of the file's valid rows, in file order."""
         job, cap = self.job, self.settings.job_error_cap
+        mirror = job.params["mode"] == "mirror"
         first = await queries.read_chunk(reader, job.id, 0) or b""
         csv_reader = CsvReader(read_header(first))
         header = csv_reader.header
@@ -75,6 +85,8 @@ class _Staging:
                 parsed = contact_from_row(header, row)
                 if isinstance(parsed, RowError):
                     _row_error(outcome, parsed, cap)
+                    if mirror and parsed.email_normalized:
+                        yield _present(job, self.position, parsed)
                 else:
                     yield _record(job, self.position, row, parsed)
 
