@@ -41,13 +41,30 @@ async def _init_connection(conn: Connection) -> None:
     )
 
 
+def server_settings(settings: Settings) -> dict[str, str]:
+    """Session settings for every connection of the pool.
+
+    Every statement is planned for the values it is given (``force_custom_plan``). With the
+    statement cache on, Postgres would otherwise switch a prepared statement to a generic plan
+    after five runs and keep it until the next ANALYZE: a plan made while a project held 1,000
+    contacts ("scan the project, join the ids") was seen running for a minute once the project
+    held two million. Planning a batch statement afresh costs a fraction of a millisecond.
+    Without the cache (PgBouncer in transaction mode) asyncpg's unnamed statements are always
+    planned for their values, and a startup parameter could be refused, so none is sent."""
+    if settings.db_statement_cache_size == 0:
+        return {}
+    return {"plan_cache_mode": "force_custom_plan"}
+
+
 async def create_pool(settings: Settings) -> Pool:
-    """A pool whose connections decode json/jsonb to Python values."""
+    """A pool whose connections decode json/jsonb to Python values and plan every statement
+    for its values (see ``server_settings``)."""
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         statement_cache_size=settings.db_statement_cache_size,
+        server_settings=server_settings(settings),
         init=_init_connection,
     )
     assert pool is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from listmill.settings import Settings
 from tests.conftest import Api, RunJobs, wait_for_job
 
 
@@ -32,3 +33,22 @@ async def test_contact_upsert_then_bulk_unsubscribe(api: Api, run_jobs: RunJobs)
     assert job["counts"] == {"unsubscribed": 1, "not_found": 1}
     status, body = await api.get(f"/contacts/{contact_id}")
     assert body["data"]["status"] == "unsubscribed"
+
+
+async def test_pool_plans_every_statement_for_its_values(settings: Settings) -> None:
+    """A generic plan cached while a table was small outlives its size (see db.server_settings)."""
+    from listmill.db import create_pool
+
+    pool = await create_pool(settings)
+    try:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+    finally:
+        await pool.close()
+    pgbouncer = settings.model_copy(update={"db_statement_cache_size": 0})
+    pool = await create_pool(pgbouncer)
+    try:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
+    finally:
+        await pool.close()
