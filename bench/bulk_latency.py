@@ -40,6 +40,8 @@ from arq.worker import Worker
 from common import (
     API,
     FINISHED,
+    ROLES,
+    SPLIT_ROLES,
     Api,
     Service,
     add_service_args,
@@ -80,6 +82,7 @@ class Config:
     scenario_seconds: float
     analyze_every: float
     idle_seconds: float
+    split_lanes: bool = False
 
 
 @dataclass
@@ -139,6 +142,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
         "autovacuum where the server has it off (default 0: never, measure as is)",
     )
     parser.add_argument("--idle-seconds", type=float, default=10.0, help="idle CPU window")
+    parser.add_argument(
+        "--split-lanes",
+        action="store_true",
+        help="one worker process per lane (WORKER_LANES=small / large), as README advises",
+    )
     args = parser.parse_args(argv)
     if args.jobs < 2:
         parser.error("--jobs must be at least 2")
@@ -152,6 +160,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         scenario_seconds=args.scenario_seconds,
         analyze_every=args.analyze_every,
         idle_seconds=args.idle_seconds,
+        split_lanes=args.split_lanes,
     )
 
 
@@ -490,6 +499,7 @@ def summarize(
         "client_poll_s": POLL_SECONDS,
         "large_job_threshold": DEFAULT_THRESHOLD if threshold is None else threshold,
         "scenario_seconds": cfg.scenario_seconds,
+        "worker_processes": "one per lane" if cfg.split_lanes else "one for both lanes",
         "analyze_every_s": cfg.analyze_every,
         "cpus": os.cpu_count(),
         "arq_baseline_ms": arq,
@@ -510,7 +520,7 @@ def print_header(r: dict[str, Any]) -> None:
         f"\nlistmill bulk-job latency: {r['jobs']} jobs per scenario, {r['contacts']} contact "
         f"ids each, client polls every {r['client_poll_s'] * 1000:.0f} ms, "
         f"WORKER_POLL_DELAY {r['worker_poll_delay_s']} s, {r['cpus']} CPUs, "
-        f"Postgres autovacuum {r['autovacuum']}"
+        f"Postgres autovacuum {r['autovacuum']}, {r['worker_processes']}"
         + (f", ANALYZE contacts every {r['analyze_every_s']} s" if r["analyze_every_s"] else "")
     )
     print(f"{'ms':<40}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}{'p50/arq':>11}")
@@ -538,7 +548,10 @@ def print_report(r: dict[str, Any]) -> None:
         cells = "".join(f"{figures.get(part, float('nan')):>13.1f}" for part in BREAKDOWN)
         print(f"{name.upper():<40}{cells}")
     idle = r["idle_cpu_pct"]
-    print(f"\nidle CPU, % of one core: worker {idle['worker']:.2f}, web {idle['web']:.2f}")
+    print(
+        "\nidle CPU, % of one core: "
+        + ", ".join(f"{role} {percent:.2f}" for role, percent in sorted(idle.items()))
+    )
     unchanged = r["scenario_a_not_changing_all_rows"] + r["scenario_b_not_changing_all_rows"]
     print(
         f"failed jobs: {r['failed_jobs']}; jobs that did not change all rows: {unchanged}; "
@@ -549,7 +562,8 @@ def print_report(r: dict[str, Any]) -> None:
 
 def bench(cfg: Config) -> dict[str, Any]:
     """Start the service, measure; see ``running_service`` for the clean-up."""
-    with running_service(cfg.svc) as (key, procs):
+    roles = SPLIT_ROLES if cfg.split_lanes else ROLES
+    with running_service(cfg.svc, roles) as (key, procs):
         return asyncio.run(measure(cfg, key, procs))
 
 

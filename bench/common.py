@@ -30,6 +30,7 @@ READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 API = "/api/v1"
 ROLES = ("web", "worker")
+SPLIT_ROLES = ("web", "worker:small", "worker:large")  # one worker process per lane
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,13 @@ def run_listmill(svc: Service, *args: str) -> str:
 
 
 def start_service(svc: Service, role: str) -> subprocess.Popen[bytes]:
-    """Start `listmill web|worker` in its own session, so Ctrl-C reaches only this script."""
+    """Start `listmill web|worker` (``worker:LANE``: a worker of that lane alone) in its own
+    session, so Ctrl-C reaches only this script."""
+    command, _, lane = role.partition(":")
+    env = service_env(svc) | ({"WORKER_LANES": lane} if lane else {})
     return subprocess.Popen(
-        [*listmill_command(), role],
-        env=service_env(svc),
+        [*listmill_command(), command],
+        env=env,
         stdout=subprocess.DEVNULL,  # aiohttp's banner; warnings and tracebacks go to stderr
         start_new_session=True,
     )
