@@ -41,30 +41,31 @@ async def _init_connection(conn: Connection) -> None:
     )
 
 
-def server_settings(settings: Settings) -> dict[str, str]:
-    """Session settings for every connection of the pool.
+async def fetch_planned(conn: Connection, query: str, *args: Any) -> list[asyncpg.Record]:
+    """``conn.fetch``, planned for these values: for the set-based statements that join an
+    array of ids or emails with a table that grows. A statement from asyncpg's cache gets a
+    generic plan after five runs and keeps it until the next ANALYZE; one made while a project
+    held 1,000 contacts ("scan the project, match each row against the ids") ran for a minute
+    per 1,000-id batch once the project held two million. An unnamed statement is planned
+    each time with its parameters, for a fraction of a millisecond."""
+    statement = await conn.prepare(query)
+    return await statement.fetch(*args)
 
-    Every statement is planned for the values it is given (``force_custom_plan``). With the
-    statement cache on, Postgres would otherwise switch a prepared statement to a generic plan
-    after five runs and keep it until the next ANALYZE: a plan made while a project held 1,000
-    contacts ("scan the project, join the ids") was seen running for a minute once the project
-    held two million. Planning a batch statement afresh costs a fraction of a millisecond.
-    Without the cache (PgBouncer in transaction mode) asyncpg's unnamed statements are always
-    planned for their values, and a startup parameter could be refused, so none is sent."""
-    if settings.db_statement_cache_size == 0:
-        return {}
-    return {"plan_cache_mode": "force_custom_plan"}
+
+async def execute_planned(conn: Connection, query: str, *args: Any) -> str:
+    """``conn.execute`` planned for these values (see fetch_planned); the status line."""
+    statement = await conn.prepare(query)
+    await statement.fetch(*args)
+    return statement.get_statusmsg() or ""
 
 
 async def create_pool(settings: Settings) -> Pool:
-    """A pool whose connections decode json/jsonb to Python values and plan every statement
-    for its values (see ``server_settings``)."""
+    """A pool whose connections decode json/jsonb to Python values."""
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         statement_cache_size=settings.db_statement_cache_size,
-        server_settings=server_settings(settings),
         init=_init_connection,
     )
     assert pool is not None

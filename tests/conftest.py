@@ -4,6 +4,7 @@ database built once from schema.sql, a fresh database and Redis key space per te
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -14,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 from arq.connections import ArqRedis
 
@@ -226,3 +228,20 @@ async def wait_for_job(api: Api, job_id: str, timeout: float = 30) -> dict[str, 
         if loop.time() > deadline:
             raise AssertionError(f"job {job_id} did not finish: {body['data']}")
         await asyncio.sleep(0.05)
+
+
+async def form_post(
+    api: Api, fields: list[tuple[str, Any]], headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """A multipart import with these parts, in this order (a part named file carries bytes)."""
+    form = FormData()
+    for name, value in fields:
+        if name == "file":
+            form.add_field(
+                name, io.BytesIO(value), filename="contacts.csv", content_type="text/csv"
+            )
+        else:
+            form.add_field(name, value)
+    sent = {"Authorization": f"Bearer {api.key}", **(headers or {})}
+    response = await api.client.post("/api/v1/contacts/import", data=form, headers=sent)
+    return response.status, await response.json()

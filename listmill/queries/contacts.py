@@ -6,7 +6,7 @@ from typing import Any
 
 import asyncpg
 
-from listmill.db import Connection
+from listmill.db import Connection, fetch_planned
 from listmill.errors import Conflict
 from listmill.records import Contact
 
@@ -168,7 +168,7 @@ async def merge_contacts(
 ) -> list[tuple[int, str, bool]]:
     """Merge normalised contact rows (``MERGE_MODES``); returns (id, email_normalized, created)
     of changed rows. Rows absent from the result were unchanged. One statement per batch."""
-    result = await conn.fetch(MERGE_MODES[mode], project_id, rows)
+    result = await fetch_planned(conn, MERGE_MODES[mode], project_id, rows)
     return [(int(r["id"]), str(r["email_normalized"]), bool(r["created"])) for r in result]
 
 
@@ -211,7 +211,8 @@ async def delete_contact(conn: Connection, project_id: int, contact_id: int) -> 
 async def find_by_ids(conn: Connection, project_id: int, ids: list[int]) -> dict[int, str]:
     """The project's contacts among ``ids``: id -> marketing status. Others are absent."""
     # joined from the ids, so no plan can walk the whole project (seen on unanalyzed tables)
-    rows = await conn.fetch(
+    rows = await fetch_planned(
+        conn,
         """
         SELECT c.id, c.status FROM unnest($2::bigint[]) AS given(id)
         JOIN contacts c ON c.id = given.id WHERE c.project_id = $1
@@ -226,7 +227,8 @@ async def find_by_emails(
     conn: Connection, project_id: int, emails_normalized: list[str]
 ) -> dict[str, tuple[int, str]]:
     """The project's contacts among these emails: email -> (id, marketing status)."""
-    rows = await conn.fetch(
+    rows = await fetch_planned(
+        conn,
         """
         SELECT c.id, c.email_normalized, c.status FROM unnest($2::text[]) AS given(email)
         JOIN contacts c ON c.project_id = $1 AND c.email_normalized = given.email
@@ -241,7 +243,8 @@ async def set_status(
     conn: Connection, project_id: int, ids: list[int], status: str, from_statuses: tuple[str, ...]
 ) -> set[int]:
     """Move contacts whose status is one of ``from_statuses`` to ``status``; the ids moved."""
-    rows = await conn.fetch(
+    rows = await fetch_planned(
+        conn,
         """
         UPDATE contacts c SET status = $3, updated_at = now()
         FROM unnest($2::bigint[]) AS given(id)
@@ -258,7 +261,8 @@ async def set_status(
 
 async def delete_contacts(conn: Connection, project_id: int, ids: list[int]) -> set[int]:
     """Delete contacts (memberships and enrollments go with them); the ids deleted."""
-    rows = await conn.fetch(
+    rows = await fetch_planned(
+        conn,
         """
         DELETE FROM contacts c USING unnest($2::bigint[]) AS given(id)
         WHERE c.id = given.id AND c.project_id = $1 RETURNING c.id
@@ -274,8 +278,7 @@ async def merge_staged(
 ) -> tuple[int, int, int]:
     """``merge_contacts`` for the staged rows of an import between two positions; (rows
     staged there, contacts created, contacts changed: created or updated)."""
-    row = await conn.fetchrow(MERGE_STAGED[mode], project_id, job_id, after, upto)
-    assert row is not None
+    [row] = await fetch_planned(conn, MERGE_STAGED[mode], project_id, job_id, after, upto)
     return int(row["staged"]), int(row["created"]), int(row["changed"])
 
 
@@ -290,3 +293,22 @@ async def resubscribe(conn: Connection, project_id: int, emails_normalized: list
         emails_normalized,
     )
     return int(result.split()[-1])
+
+
+async def refresh_statistics(conn: Connection) -> bool:
+    """ANALYZE contacts if it has grown by a fifth (or a few thousand rows) since its
+    statistics were taken; whether it did. Postgres keeps a prepared statement's generic plan
+    until the next ANALYZE: one made while a project held 1,000 contacts ("scan the project,
+    join the ids") was seen running for a minute per bulk job once it held two million.
+    Autovacuum would refresh them, but it can be off or minutes behind a fast-growing table.
+    Sizes come from pg_class and the file itself, never from the lagging statistics views."""
+    stale = await conn.fetchval(
+        """
+        SELECT pg_relation_size(c.oid) / current_setting('block_size')::int
+               > greatest(c.relpages, 0) * 1.2 + 50
+        FROM pg_class c WHERE c.oid = 'contacts'::regclass
+        """
+    )
+    if stale:
+        await conn.execute("ANALYZE contacts")
+    return bool(stale)

@@ -54,13 +54,6 @@ async def mark_duplicates(conn: Connection, job_id: UUID) -> int:
     return int(result.split()[-1])
 
 
-async def analyze(conn: Connection, table: str) -> None:
-    """Refresh a table's planner statistics after a bulk change (autovacuum may be minutes
-    behind, or off), so lookups on a fast-grown contacts table keep index plans."""
-    assert table == "contacts"
-    await conn.execute(f"ANALYZE {table}")
-
-
 async def staged_emails(
     conn: Connection, job_id: UUID, after: int, upto: int
 ) -> list[tuple[str, int, str]]:

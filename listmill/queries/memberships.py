@@ -10,7 +10,7 @@ from typing import Any
 from uuid import UUID
 
 from listmill.consent import MemberStatus, allowed_from
-from listmill.db import Connection
+from listmill.db import Connection, execute_planned, fetch_planned
 from listmill.records import Membership
 
 ACTIVE = ("subscribed", "confirmed")
@@ -47,7 +47,8 @@ async def add_members(
     Returns contact id -> (status before or None if new, changed)."""
     consent = consent or Consent()
     allowed = allowed_from(MemberStatus(requested_status)) if requested_status else []
-    rows = await conn.fetch(
+    rows = await fetch_planned(
+        conn,
         """
         WITH target AS (SELECT DISTINCT unnest($3::bigint[]) AS contact_id),
         old AS (
@@ -114,7 +115,8 @@ async def unsubscribe_members(
 ) -> dict[int, tuple[str | None, bool]]:
     """Set members' status to unsubscribed, keeping the membership (suppression history).
     Returns contact id -> (status before, changed); status None means not a member."""
-    rows = await conn.fetch(
+    rows = await fetch_planned(
+        conn,
         """
         WITH target AS (SELECT unnest($2::bigint[]) AS contact_id),
         old AS (
@@ -139,7 +141,8 @@ async def unsubscribe_members(
 
 async def delete_members(conn: Connection, list_id: int, contact_ids: list[int]) -> set[int]:
     """Delete memberships; returns the contact ids that were members."""
-    rows = await conn.fetch(
+    rows = await fetch_planned(
+        conn,
         """
         DELETE FROM list_memberships WHERE list_id = $1 AND contact_id = ANY($2::bigint[])
         RETURNING contact_id
@@ -158,7 +161,8 @@ async def enroll_in_list_sequences(
     happen; only contacts whose marketing status is subscribed. Returns enrollments made."""
     if not contact_ids:
         return 0
-    result = await conn.execute(
+    result = await execute_planned(
+        conn,
         """
         INSERT INTO sequence_enrollments (sequence_id, contact_id, project_id, job_id)
         SELECT s.id, c.id, $1, $4

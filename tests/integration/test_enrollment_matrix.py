@@ -5,17 +5,15 @@ became subscribed or confirmed and the contact's own status is `subscribed`."""
 
 from __future__ import annotations
 
-import io
 from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
-from aiohttp import FormData
 
 from api.links import link
 from listmill.consent import LinkPurpose
 from listmill.settings import Settings
-from tests.conftest import Api, RunJobs, wait_for_job
+from tests.conftest import Api, RunJobs, form_post, wait_for_job
 
 STATUSES = ("subscribed", "unsubscribed", "bounced", "complained")
 PATHS = ("add_members", "import", "put_membership", "bulk_subscribe")
@@ -60,13 +58,8 @@ async def _join(api: Api, run_jobs: RunJobs, path: str, list_id: int) -> None:
                 assert status == 409 and "does not join lists" in body["error"]["message"]
         return
     if path == "import":
-        form = FormData()
-        form.add_field("list_id", str(list_id))
         csv = ("email\n" + "\n".join(emails) + "\n").encode()
-        form.add_field("file", io.BytesIO(csv), filename="c.csv", content_type="text/csv")
-        headers = {"Authorization": f"Bearer {api.key}"}
-        response = await api.client.post("/api/v1/contacts/import", data=form, headers=headers)
-        status, body = response.status, await response.json()
+        status, body = await form_post(api, [("list_id", str(list_id)), ("file", csv)])
     elif path == "add_members":
         status, body = await api.post(
             f"/lists/{list_id}/members", {"contacts": [{"email": e} for e in emails]}

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
 import asyncpg
-from aiohttp import FormData
 
 from listmill.settings import Settings
-from tests.conftest import Api, RunJobs, wait_for_job
+from tests.conftest import Api, RunJobs, form_post, wait_for_job
 
 
 async def upload(
@@ -21,19 +19,14 @@ async def upload(
     headers: dict[str, str] | None = None,
     **options: Any,
 ) -> tuple[int, Any]:
-    sent = {"Authorization": f"Bearer {api.key}", **(headers or {})}
     params = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items()}
     if multipart:
-        form = FormData()
-        for name, value in params.items():
-            form.add_field(name, value)
-        form.add_field("file", io.BytesIO(data), filename="contacts.csv", content_type="text/csv")
-        response = await api.client.post("/api/v1/contacts/import", data=form, headers=sent)
-    else:
-        response = await api.client.post(
-            "/api/v1/contacts/import", data=data, params=params,
-            headers={**sent, "Content-Type": "text/csv"},
-        )  # fmt: skip
+        return await form_post(api, [*params.items(), ("file", data)], headers)
+    sent = {"Authorization": f"Bearer {api.key}", **(headers or {})}
+    response = await api.client.post(
+        "/api/v1/contacts/import", data=data, params=params,
+        headers={**sent, "Content-Type": "text/csv"},
+    )  # fmt: skip
     return response.status, await response.json()
 
 
@@ -118,23 +111,11 @@ async def test_upload_refusals(api: Api, db: asyncpg.Connection) -> None:
     assert await db.fetchval("SELECT count(*) FROM job_file_chunks") == 0
 
 
-async def _form_post(api: Api, fields: list[tuple[str, Any]]) -> tuple[int, Any]:
-    form = FormData()
-    for name, value in fields:
-        if name == "file":
-            form.add_field(name, io.BytesIO(value), filename="c.csv", content_type="text/csv")
-        else:
-            form.add_field(name, value)
-    headers = {"Authorization": f"Bearer {api.key}"}
-    response = await api.client.post("/api/v1/contacts/import", data=form, headers=headers)
-    return response.status, await response.json()
-
-
 async def test_form_fields_after_the_file_count_too(
     api: Api, db: asyncpg.Connection, run_jobs: RunJobs
 ) -> None:
     csv = b"email\ndry@example.com\n"
-    status, body = await _form_post(api, [("file", csv), ("dry_run", "true"), ("mode", "upsert")])
+    status, body = await form_post(api, [("file", csv), ("dry_run", "true"), ("mode", "upsert")])
     assert status == 202, body
     assert body["data"]["params"]["dry_run"] is True
     await run_jobs()
@@ -146,7 +127,7 @@ async def test_form_fields_after_the_file_count_too(
         ([("mode", "upsert"), ("file", csv), ("mode", "fill_blanks")], "given twice"),
     ]
     for fields, says in refusals:
-        status, body = await _form_post(api, fields)
+        status, body = await form_post(api, fields)
         assert status == 422 and says in str(body["error"]), body
     assert await db.fetchval("SELECT count(*) FROM jobs") == 1
     assert await db.fetchval("SELECT count(*) FROM job_file_chunks") == 0

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from listmill.settings import Settings
+import asyncpg
+
 from tests.conftest import Api, RunJobs, wait_for_job
 
 
@@ -35,20 +36,29 @@ async def test_contact_upsert_then_bulk_unsubscribe(api: Api, run_jobs: RunJobs)
     assert body["data"]["status"] == "unsubscribed"
 
 
-async def test_pool_plans_every_statement_for_its_values(settings: Settings) -> None:
-    """A generic plan cached while a table was small outlives its size (see db.server_settings)."""
-    from listmill.db import create_pool
-
-    pool = await create_pool(settings)
-    try:
-        async with pool.acquire() as conn:
-            assert await conn.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
-    finally:
-        await pool.close()
-    pgbouncer = settings.model_copy(update={"db_statement_cache_size": 0})
-    pool = await create_pool(pgbouncer)
-    try:
-        async with pool.acquire() as conn:
-            assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
-    finally:
-        await pool.close()
+async def test_jobs_that_grow_contacts_refresh_its_statistics(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    """A generic plan cached while contacts was small lives until the next ANALYZE
+    (see contacts.refresh_statistics); jobs that grow the table take one."""
+    reltuples = "SELECT reltuples FROM pg_class WHERE oid = 'contacts'::regclass"
+    assert await db.fetchval(reltuples) < 0  # never analyzed
+    contacts = [{"email": f"s{i}@example.com"} for i in range(5_000)]
+    _, body = await api.post("/contacts/bulk-upsert", {"contacts": contacts})
+    await run_jobs()
+    assert (await wait_for_job(api, body["data"]["id"]))["status"] == "succeeded"
+    assert await db.fetchval(reltuples) == 5_000
+    _, body = await api.post("/contacts/bulk-upsert", {"contacts": contacts[:10]})
+    await run_jobs()
+    await wait_for_job(api, body["data"]["id"])
+    assert await db.fetchval(reltuples) == 5_000, "a small job does not analyze again"
+    await db.execute(
+        "INSERT INTO contacts (project_id, email, email_normalized) "
+        "SELECT $1, 'x' || g || '@e.com', 'x' || g || '@e.com' "
+        "FROM generate_series(1, 20000) g",
+        api.project_id,
+    )
+    _, body = await api.post("/contacts/bulk-upsert", {"contacts": contacts[:10]})
+    await run_jobs()
+    await wait_for_job(api, body["data"]["id"])
+    assert await db.fetchval(reltuples) == 25_000, "grown by more than a fifth: analyzed again"

@@ -7,7 +7,7 @@ from typing import Any
 from listmill.records import JobKind
 
 from .add_members import apply_add_members
-from .base import ApplyBatch, Plan, payload_plan
+from .base import ApplyBatch, Plan, payload_plan, refresh_contact_statistics
 from .bulk_status import apply_bulk_status, apply_remove_members
 from .bulk_upsert import apply_bulk_upsert
 from .csv_import import IMPORT_PLAN
@@ -26,4 +26,6 @@ def plan_for(kind: JobKind, payload: Any) -> Plan:
     """How to run a job of ``kind``."""
     if kind is JobKind.IMPORT:
         return IMPORT_PLAN
-    return payload_plan(BATCH_APPLIERS[kind], payload)
+    creates_contacts = kind in (JobKind.BULK_UPSERT, JobKind.ADD_MEMBERS)
+    cleanup = refresh_contact_statistics if creates_contacts else None
+    return payload_plan(BATCH_APPLIERS[kind], payload, cleanup)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from listmill.db import Connection, Pool
+from listmill.queries import contacts as contact_queries
 from listmill.records import JobRow
 from listmill.settings import Settings
 
@@ -58,10 +59,15 @@ class Plan:
     batch_size: Callable[[Settings], int] = lambda settings: settings.batch_size
 
 
-def payload_plan(apply: ApplyBatch, payload: list[Any]) -> Plan:
+def payload_plan(apply: ApplyBatch, payload: list[Any], cleanup: Cleanup | None = None) -> Plan:
     """The plan of a kind whose items were stored with the job (ids, emails, contacts)."""
 
     async def apply_range(conn: Connection, job: JobRow, after: int, upto: int) -> BatchOutcome:
         return await apply(conn, job, payload[after:upto], after + 1)
 
-    return Plan(apply_range=apply_range)
+    return Plan(apply_range=apply_range, cleanup=cleanup)
+
+
+async def refresh_contact_statistics(conn: Connection, job: JobRow, settings: Settings) -> None:
+    """Cleanup of the kinds that create contacts: see contacts.refresh_statistics."""
+    await contact_queries.refresh_statistics(conn)

@@ -167,7 +167,7 @@ async def cleanup_import(conn: Connection, job: JobRow, settings: Settings) -> N
         conn, job.id, with_file=settings.import_file_retention_seconds == 0
     )
     if not job.params["dry_run"]:
-        await queries.analyze(conn, "contacts")
+        await contact_queries.refresh_statistics(conn)
 
 
 IMPORT_PLAN = Plan(
