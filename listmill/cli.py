@@ -130,10 +130,10 @@ async def _demo_key(settings: Settings) -> str | None:
 
 
 @contextmanager
-def _found_services(settings: Settings) -> Iterator[Settings]:
-    """``settings`` pointed at the Postgres and Redis that `make run` uses: the explicit URLs,
-    else the standard local ports, else the embedded servers under .listmill/ (reused when
-    running, else started and, on leaving, stopped). Raises ServiceUnavailable."""
+def _found_services(settings: Settings, *, need_redis: bool = True) -> Iterator[Settings]:
+    """``settings`` pointed at the Postgres (and Redis, if needed) that `make run` uses: the
+    explicit URLs, else the standard local ports, else the embedded servers under .listmill/
+    (reused when running, else started and, on leaving, stopped). Raises ServiceUnavailable."""
     from listmill.devservices import ensure_services
 
     explicit = settings.model_fields_set
@@ -142,11 +142,13 @@ def _found_services(settings: Settings) -> Iterator[Settings]:
         settings.redis_url if "redis_url" in explicit else None,
         embedded=settings.listmill_embedded,
         data_dir=settings.listmill_data_dir.resolve(),
+        need_redis=need_redis,
     )
+    found = {"database_url": services.database_url}
+    if need_redis:
+        found["redis_url"] = services.redis_url
     try:
-        yield settings.model_copy(
-            update={"database_url": services.database_url, "redis_url": services.redis_url}
-        )
+        yield settings.model_copy(update=found)
     finally:
         services.stop()
 
@@ -283,7 +285,7 @@ def _admin(args: argparse.Namespace, settings: Settings) -> int:
     """The commands that find Postgres and Redis the way `make run` does."""
     if args.command == "run":
         return _run_all(settings)
-    with _found_services(settings) as found:
+    with _found_services(settings, need_redis=args.command == "queues") as found:
         if args.command == "migrate":
             asyncio.run(create_database(found.database_url))
             asyncio.run(apply_schema(found.database_url))

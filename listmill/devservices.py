@@ -119,12 +119,14 @@ def ensure_services(
     embedded: bool,
     data_dir: Path,
     database_name: str = "listmill",
+    need_redis: bool = True,
 ) -> Services:
-    """Find or start Postgres and Redis; see the module docstring for the rules."""
+    """Find or start Postgres and Redis (only Postgres unless ``need_redis``); see the module
+    docstring for the rules."""
     data_dir = data_dir.resolve()
     if database_url is not None:
         _check_explicit_postgres(database_url)
-    if redis_url is not None:
+    if redis_url is not None and need_redis:
         _check_explicit_redis(redis_url)
     services = Services(database_url or "", redis_url or "")
     try:
@@ -132,7 +134,7 @@ def ensure_services(
             services.database_url = _local_or_embedded_postgres(
                 services, embedded, data_dir, database_name
             )
-        if redis_url is None:
+        if redis_url is None and need_redis:
             services.redis_url = _local_or_embedded_redis(services, embedded, data_dir)
     except BaseException:
         services.stop()

@@ -114,3 +114,16 @@ def test_a_redis_url_that_does_not_answer_is_an_error(tmp_path: Path) -> None:
     assert message.startswith(f"REDIS_URL {url} does not answer")
     assert "unset it" in message
     assert not (tmp_path / "unused").exists()
+
+
+def test_postgres_alone_is_found_without_looking_for_redis(
+    services: Services, tmp_path: Path
+) -> None:
+    """`listmill migrate` and `keys` need no Redis: a REDIS_URL that does not answer is left be."""
+    database_url = services.database_url
+    redis_url = f"redis://127.0.0.1:{closed_port()}/0"
+    found = ensure_services(
+        database_url, redis_url, embedded=False, data_dir=tmp_path / "unused", need_redis=False
+    )
+    assert found.database_url == database_url and found.started == []
+    found.stop()
