@@ -282,23 +282,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _admin(args: argparse.Namespace, settings: Settings) -> int:
-    """The commands that find Postgres and Redis the way `make run` does."""
+    """The commands an operator runs against the service's Postgres (and Redis): the URLs as
+    configured. Only with LISTMILL_EMBEDDED=1 do they use the embedded servers under
+    .listmill/ that `make run` started (reused, or started for the command and stopped)."""
     if args.command == "run":
         return _run_all(settings)
+    if not settings.listmill_embedded:
+        return _admin_on(args, settings)
     with _found_services(settings, need_redis=args.command == "queues") as found:
-        if args.command == "migrate":
-            asyncio.run(create_database(found.database_url))
-            asyncio.run(apply_schema(found.database_url))
-            log.info("schema_applied")
-            return 0
-        if args.command == "queues":
-            from listmill.queues_table import show_queues
+        return _admin_on(args, found)
 
-            try:
-                return asyncio.run(show_queues(found, args.watch))
-            except KeyboardInterrupt:
-                return 0
-        return _keys(args, found)
+
+def _admin_on(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "migrate":
+        asyncio.run(create_database(settings.database_url))
+        asyncio.run(apply_schema(settings.database_url))
+        log.info("schema_applied")
+        return 0
+    if args.command == "queues":
+        from listmill.queues_table import show_queues
+
+        try:
+            return asyncio.run(show_queues(settings, args.watch))
+        except KeyboardInterrupt:
+            return 0
+    return _keys(args, settings)
 
 
 def _keys(args: argparse.Namespace, settings: Settings) -> int:

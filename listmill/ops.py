@@ -48,6 +48,18 @@ async def _redis_messages(redis: ArqRedis, settings: Settings, lane: Lane) -> in
         return None
 
 
+def _own_jobs_only(
+    workers: list[dict[str, Any]], running: list[dict[str, Any]], project_id: int | None
+) -> list[dict[str, Any]]:
+    """A tenant sees which of its own jobs a worker runs, not other projects' job ids."""
+    if project_id is None:
+        return workers
+    own = {str(r["id"]) for r in running}
+    return [
+        {**w, "current_jobs": [j for j in w.get("current_jobs", []) if j in own]} for w in workers
+    ]
+
+
 async def queue_report(
     pool: Pool, redis: ArqRedis, settings: Settings, project_id: int | None = None
 ) -> dict[str, Any]:
@@ -71,6 +83,6 @@ async def queue_report(
         "recent_failures": [
             {**f, "id": str(f["id"]), "finished_at": f["finished_at"].isoformat()} for f in failures
         ],
-        "workers": await live_workers(redis, settings),
+        "workers": _own_jobs_only(await live_workers(redis, settings), running, project_id),
         "scheduled_runs": await scheduled_runs(redis, settings),
     }

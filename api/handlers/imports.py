@@ -31,6 +31,10 @@ from listmill.queries import imports as queries
 from listmill.queries import lists as list_queries
 from listmill.records import Job, JobKind, ListStatus, OptInProcess
 
+MAX_FIELD_BYTES = 4096  # an option's value; only the file part is large
+# what aiohttp raises for a broken form: a bad boundary or header, an unknown charset or
+# transfer encoding, bytes that are not UTF-8
+FORM_ERRORS = (ValueError, AssertionError, LookupError, RuntimeError)
 CSV_TYPES = ("text/csv", "application/csv", "text/plain", "application/vnd.ms-excel")
 Read = Callable[[int], Awaitable[bytes]]
 
@@ -109,8 +113,8 @@ async def _source(request: web.Request, options: dict[str, str]) -> Source:
             if part.name == "file":
                 validate(ImportOptions, options)  # checked before the upload is read
                 return Source(part.read_chunk, reader)
-            _add_field(options, part.name, await part.text())
-    except (ValueError, AssertionError) as exc:  # aiohttp's words for a broken form
+            _add_field(options, part.name, await _field_text(part))
+    except FORM_ERRORS as exc:  # aiohttp's words for a broken form
         raise BadRequest(f"the multipart body is malformed: {exc}") from None
     raise ValidationFailed.on("file", "no file part in the form", "missing")
 
@@ -123,9 +127,19 @@ async def _fields_after_file(source: Source, options: dict[str, str]) -> None:
         while (part := await _next_part(source.form)) is not None:
             if part.name == "file":
                 raise ValidationFailed.on("file", "send one file per import", "duplicate")
-            _add_field(options, part.name, await part.text())
-    except (ValueError, AssertionError) as exc:
+            _add_field(options, part.name, await _field_text(part))
+    except FORM_ERRORS as exc:
         raise BadRequest(f"the multipart body is malformed: {exc}") from None
+
+
+async def _field_text(part: BodyPartReader) -> str:
+    """An option field's value: short UTF-8 text (413 past MAX_FIELD_BYTES)."""
+    data = bytearray()
+    while chunk := await part.read_chunk(MAX_FIELD_BYTES):
+        data += chunk
+        if len(data) > MAX_FIELD_BYTES:
+            raise PayloadTooLarge(f"the form field {part.name} is over {MAX_FIELD_BYTES} bytes")
+    return data.decode("utf-8")
 
 
 async def _next_part(reader: MultipartReader) -> BodyPartReader | None:

@@ -15,7 +15,10 @@ from listmill.queries import keys as key_queries
 ASSETS = {"ops.js": "text/javascript", "ops.css": "text/css"}
 # The page and its script come from this service only; the report is fetched from it too.
 PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
+        "form-action 'self'"
+    ),
     "Cache-Control": "no-cache",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",

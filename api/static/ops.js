@@ -1,12 +1,13 @@
 // The operators' dashboard: reads GET /api/v1/ops/queues with an ops:read key and redraws
-// itself every few seconds (?every=SECONDS). No framework, no build step; text only ever goes
+// itself every few seconds (?every=SECONDS, at least 1). The key lives in this tab's session
+// storage only. No framework, no build step; text only ever goes
 // in through textContent, so nothing a job's error says can run as markup.
 "use strict";
 
 const KEY_STORE = "listmill.ops.key";
 const REPORT_URL = "/api/v1/ops/queues";
 const SVG = "http://www.w3.org/2000/svg";
-const every = Math.max(0.2, Number(new URLSearchParams(location.search).get("every")) || 3);
+const every = Math.max(1, Number(new URLSearchParams(location.search).get("every")) || 3);
 let timer = null;
 
 function el(tag, attrs = {}, ...children) {
@@ -157,13 +158,14 @@ function askForKey(message) {
 }
 
 async function refresh() {
-  const key = localStorage.getItem(KEY_STORE);
+  clearTimeout(timer);  // one loop, whoever called
+  const key = sessionStorage.getItem(KEY_STORE);
   if (!key) return askForKey("an ops:read key is needed");
   const status = document.getElementById("status");
   try {
     const response = await fetch(REPORT_URL, { headers: { Authorization: `Bearer ${key}` } });
     if (response.status === 401 || response.status === 403) {
-      localStorage.removeItem(KEY_STORE);
+      sessionStorage.removeItem(KEY_STORE);
       const body = await response.json();
       return askForKey(body.error.message);
     }
@@ -179,18 +181,18 @@ async function refresh() {
 function start() {
   const fromLink = new URLSearchParams(location.hash.slice(1)).get("key");
   if (fromLink) {
-    localStorage.setItem(KEY_STORE, fromLink);
+    sessionStorage.setItem(KEY_STORE, fromLink);
     history.replaceState(null, "", location.pathname + location.search);  // keep it out of the address bar
   }
   document.getElementById("key-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    localStorage.setItem(KEY_STORE, document.getElementById("key-input").value.trim());
+    sessionStorage.setItem(KEY_STORE, document.getElementById("key-input").value.trim());
     document.getElementById("key-form").hidden = true;
     refresh();
   });
   document.getElementById("forget-key").addEventListener("click", (event) => {
     event.preventDefault();
-    localStorage.removeItem(KEY_STORE);
+    sessionStorage.removeItem(KEY_STORE);
     askForKey("key forgotten");
   });
   refresh();

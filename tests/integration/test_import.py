@@ -129,6 +129,22 @@ async def test_form_fields_after_the_file_count_too(
     for fields, says in refusals:
         status, body = await form_post(api, fields)
         assert status == 422 and says in str(body["error"]), body
+    status, body = await form_post(api, [("source", "x" * 5000), ("file", csv)])
+    assert status == 413 and "source" in body["error"]["message"], body
+    boundary = "b0undary"
+    raw = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="mode"\r\n'
+        "Content-Type: text/plain; charset=nope\r\n\r\n\xff\xfe\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="c.csv"\r\n'
+        f"Content-Type: text/csv\r\n\r\nemail\r\na@b.co\r\n--{boundary}--\r\n"
+    ).encode("latin-1")
+    response = await api.client.post(
+        "/api/v1/contacts/import", data=raw,
+        headers={"Authorization": f"Bearer {api.key}",
+                 "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )  # fmt: skip
+    assert response.status == 400, await response.text()
+    assert (await response.json())["error"]["code"] == "bad_request"
     assert await db.fetchval("SELECT count(*) FROM jobs") == 1
     assert await db.fetchval("SELECT count(*) FROM job_file_chunks") == 0
 

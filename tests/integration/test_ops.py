@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from arq.connections import ArqRedis
 
+from listmill.presence import publish_worker
 from listmill.settings import Settings
 from tests.conftest import Api, RunJobs, new_key, wait_for_job
 from worker.context import WorkerContext
@@ -87,7 +89,7 @@ async def test_failures_and_running_jobs_are_listed(
 
 
 async def test_a_tenant_sees_only_its_own_jobs_an_operator_project_sees_all(
-    api: Api, other_api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+    api: Api, other_api: Api, db: asyncpg.Connection, settings: Settings
 ) -> None:
     _, body = await api.post("/contacts/bulk-subscribe", {"contact_ids": [1]})
     await db.execute("UPDATE jobs SET status = 'failed', finished_at = now(), error = 'acme only'")
@@ -97,6 +99,22 @@ async def test_a_tenant_sees_only_its_own_jobs_an_operator_project_sees_all(
     _, operator_key = await new_key(db, "ops", ["ops:read"])
     _, everything = await other_api.get("/ops/queues", key=operator_key)
     assert [f["id"] for f in everything["data"]["recent_failures"]] == [body["data"]["id"]]
+    # a worker running acme's job shows it to operators and to acme, never to globex
+    await db.execute("UPDATE jobs SET status = 'running', finished_at = NULL, error = NULL")
+    redis = ArqRedis.from_url(settings.redis_url)
+    try:
+        record = {"worker_id": "w1", "current_jobs": [body["data"]["id"]]}
+        await publish_worker(redis, settings, record)
+    finally:
+        await redis.aclose()
+    seen = {
+        name: (await caller.get("/ops/queues", key=key))[1]["data"]["workers"][0]["current_jobs"]
+        for name, caller, key in (
+            ("acme", api, api.key), ("globex", other_api, other_api.key),
+            ("ops", other_api, operator_key),
+        )
+    }  # fmt: skip
+    assert seen == {"acme": [body["data"]["id"]], "globex": [], "ops": [body["data"]["id"]]}
 
 
 async def test_live_workers_and_scheduled_runs_are_reported(
