@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+import redis
 from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 from arq.connections import ArqRedis
@@ -86,11 +87,41 @@ async def database_url(services: Services, template_database: str) -> AsyncItera
     await _drop(services.database_url, name)
 
 
+PREFIXES: list[tuple[str, str]] = []  # (redis url, queue prefix) of every test's key space
+
+
+@pytest.fixture(scope="session", autouse=True)
+def drop_key_spaces() -> Iterator[None]:
+    """At the end of the run, delete every key a test's key space left in Redis: its own
+    prefix and the arq job keys of the wake-ups still queued under it."""
+    yield
+    for url, prefix in PREFIXES:
+        client = redis.Redis.from_url(url)
+        try:
+            keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
+            queues = [k for k in keys if k.decode().startswith(f"{prefix}:queue:")]
+            for queue in queues:
+                for job_id in client.zrange(queue, 0, -1):
+                    name = job_id.decode()
+                    keys += [f"arq:{kind}:{name}".encode() for kind in ARQ_KEY_KINDS]
+            if keys:
+                client.delete(*keys)
+        except redis.RedisError:
+            pass  # the chaos tests stop Redis; what they left goes with the next FLUSH
+        finally:
+            client.close()
+
+
+ARQ_KEY_KINDS = ("job", "in-progress", "retry", "result")
+
+
 def make_settings(database_url: str, redis_url: str, **overrides: Any) -> Settings:
+    prefix = f"lmtest:{uuid.uuid4().hex[:12]}"
+    PREFIXES.append((redis_url, overrides.get("queue_prefix", prefix)))
     values: dict[str, Any] = {
         "database_url": database_url,
         "redis_url": redis_url,
-        "queue_prefix": f"lmtest:{uuid.uuid4().hex[:12]}",
+        "queue_prefix": prefix,
         "worker_poll_delay": 0.01,
         "job_heartbeat_seconds": 0.5,
         "job_lease_seconds": 5,
