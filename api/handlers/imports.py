@@ -107,29 +107,34 @@ async def _source(request: web.Request, options: dict[str, str]) -> Source:
         return Source(request.content.read)
     if request.content_type != "multipart/form-data":
         raise UnsupportedMediaType("send the CSV as multipart/form-data (field file) or text/csv")
-    try:
-        reader = await request.multipart()
-        while (part := await _next_part(reader)) is not None:
-            if part.name == "file":
-                validate(ImportOptions, options)  # checked before the upload is read
-                return Source(part.read_chunk, reader)
-            _add_field(options, part.name, await _field_text(part))
-    except FORM_ERRORS as exc:  # aiohttp's words for a broken form
-        raise BadRequest(f"the multipart body is malformed: {exc}") from None
-    raise ValidationFailed.on("file", "no file part in the form", "missing")
+    reader = await request.multipart()
+    file = await _fields_until_file(reader, options)
+    if file is None:
+        raise ValidationFailed.on("file", "no file part in the form", "missing")
+    validate(ImportOptions, options)  # checked before the upload is read
+    return Source(file.read_chunk, reader)
 
 
 async def _fields_after_file(source: Source, options: dict[str, str]) -> None:
     """Form fields sent after the file join ``options`` too; a second file is refused."""
-    if source.form is None:
-        return
+    if source.form is not None and await _fields_until_file(source.form, options) is not None:
+        raise ValidationFailed.on("file", "send one file per import", "duplicate")
+
+
+async def _fields_until_file(
+    reader: MultipartReader, options: dict[str, str]
+) -> BodyPartReader | None:
+    """Read form fields into ``options`` up to the next file part (returned), or the end."""
     try:
-        while (part := await _next_part(source.form)) is not None:
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise BadRequest("nested multipart bodies are not supported")
             if part.name == "file":
-                raise ValidationFailed.on("file", "send one file per import", "duplicate")
+                return part
             _add_field(options, part.name, await _field_text(part))
-    except FORM_ERRORS as exc:
+    except FORM_ERRORS as exc:  # aiohttp's words for a broken form
         raise BadRequest(f"the multipart body is malformed: {exc}") from None
+    return None
 
 
 async def _field_text(part: BodyPartReader) -> str:
@@ -140,13 +145,6 @@ async def _field_text(part: BodyPartReader) -> str:
         if len(data) > MAX_FIELD_BYTES:
             raise PayloadTooLarge(f"the form field {part.name} is over {MAX_FIELD_BYTES} bytes")
     return data.decode("utf-8")
-
-
-async def _next_part(reader: MultipartReader) -> BodyPartReader | None:
-    part = await reader.next()
-    if part is not None and not isinstance(part, BodyPartReader):
-        raise BadRequest("nested multipart bodies are not supported")
-    return part
 
 
 def _add_field(options: dict[str, str], name: str | None, value: str) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import asyncpg
 
-from listmill.db import Connection, fetch_planned
+from listmill.db import Connection, execute_planned, fetch_planned
 from listmill.errors import Conflict
 from listmill.records import Contact
 
@@ -210,7 +210,6 @@ async def delete_contact(conn: Connection, project_id: int, contact_id: int) -> 
 
 async def find_by_ids(conn: Connection, project_id: int, ids: list[int]) -> dict[int, str]:
     """The project's contacts among ``ids``: id -> marketing status. Others are absent."""
-    # joined from the ids, so no plan can walk the whole project (seen on unanalyzed tables)
     rows = await fetch_planned(
         conn,
         """
@@ -284,7 +283,8 @@ async def merge_staged(
 
 async def resubscribe(conn: Connection, project_id: int, emails_normalized: list[str]) -> int:
     """Set these contacts subscribed again, whatever they were (an import's resubscribe=true)."""
-    result = await conn.execute(
+    result = await execute_planned(
+        conn,
         """
         UPDATE contacts SET status = 'subscribed', updated_at = now()
         WHERE project_id = $1 AND email_normalized = ANY($2::text[]) AND status <> 'subscribed'
@@ -296,11 +296,9 @@ async def resubscribe(conn: Connection, project_id: int, emails_normalized: list
 
 
 async def refresh_statistics(conn: Connection) -> bool:
-    """ANALYZE contacts if it has grown by a fifth (or a few thousand rows) since its
-    statistics were taken; whether it did. Postgres keeps a prepared statement's generic plan
-    until the next ANALYZE: one made while a project held 1,000 contacts ("scan the project,
-    join the ids") was seen running for a minute per bulk job once it held two million.
-    Autovacuum would refresh them, but it can be off or minutes behind a fast-growing table.
+    """ANALYZE contacts if it has grown by a fifth (and 50 pages) since its statistics were
+    taken; whether it did. Cached plans and estimates follow the statistics (see
+    db.fetch_planned), and autovacuum can be off or minutes behind a fast-growing table.
     Sizes come from pg_class and the file itself, never from the lagging statistics views."""
     stale = await conn.fetchval(
         """
