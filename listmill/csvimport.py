@@ -59,9 +59,18 @@ class Header:
     columns: list[str]
     mapping: list[str | None]  # per column: a contact field, or None for a custom data key
 
-    @property
-    def email_index(self) -> int:
-        return self.mapping.index("email")
+    email_index: int = field(init=False)
+    # (index, contact field) and (index, custom column name) of the columns a row may fill
+    fields: tuple[tuple[int, str], ...] = field(init=False)
+    custom: tuple[tuple[int, str], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        columns = list(enumerate(zip(self.columns, self.mapping, strict=True)))
+        fields = tuple((i, m) for i, (_, m) in columns if m and m != "email")
+        custom = tuple((i, c) for i, (c, m) in columns if c and not m)
+        object.__setattr__(self, "email_index", self.mapping.index("email"))
+        object.__setattr__(self, "fields", fields)
+        object.__setattr__(self, "custom", custom)
 
 
 def read_header(first_bytes: bytes) -> Header:
@@ -191,12 +200,13 @@ class RecordSplitter:
         return rest
 
 
-@dataclass
+@dataclass(slots=True)
 class ParsedRow:
     number: int  # the row as a spreadsheet shows it: the header is row 1
     values: list[str]
     undecodable: bool = False
     unterminated: bool = False  # a quoted field opened in it is never closed
+    nul: bool = False  # a value holds U+0000
 
 
 @dataclass
@@ -236,7 +246,8 @@ class CsvReader:
     def _rows(self, block: str) -> Iterator[ParsedRow]:
         if not block:
             return
-        suspect = _has_surrogates(block)  # invalid UTF-8 is rare: look at rows only if here
+        # invalid UTF-8 and NUL characters are rare: rows are looked at only if the block has any
+        suspect, nul = _has_surrogates(block), "\x00" in block
         for values in csv.reader(io.StringIO(block, newline=""), delimiter=self.header.delimiter):
             if not self._header_skipped:
                 self._header_skipped = True
@@ -244,8 +255,12 @@ class CsvReader:
             self._number += 1
             if not "".join(values).strip():  # a blank line
                 continue
-            undecodable = suspect and any(_has_surrogates(v) for v in values)
-            yield ParsedRow(self._number, values, undecodable)
+            row = ParsedRow(self._number, values)
+            if suspect:
+                row.undecodable = any(_has_surrogates(v) for v in values)
+            if nul:
+                row.nul = any("\x00" in v for v in values)
+            yield row
 
 
 def _has_surrogates(value: str) -> bool:
@@ -276,6 +291,13 @@ def _row_problem(row: ParsedRow) -> tuple[str, str] | None:
     return None
 
 
+def email_key(header: Header, row: ParsedRow) -> str:
+    """What the row's email becomes once normalised, if it is valid (see normalize_email):
+    two rows of one person have the same key, whatever else is wrong with either."""
+    index = header.email_index
+    return row.values[index].strip().lower() if index < len(row.values) else ""
+
+
 def contact_from_row(header: Header, row: ParsedRow) -> dict[str, Any] | RowError:
     """A normalised contact, or the reason the row is an error row."""
     raw_email = row.values[header.email_index] if header.email_index < len(row.values) else ""
@@ -289,6 +311,28 @@ def contact_from_row(header: Header, row: ParsedRow) -> dict[str, Any] | RowErro
     if problem:
         return RowError(row.number, email, *problem, normalized)
     contact: dict[str, Any] = {"email": email, "email_normalized": normalized}
+    values = row.values
+    if row.nul or max(map(len, values)) > MAX_FIELD_LENGTH:
+        return _checked_contact(header, row, contact)
+    # the common row, whose every value is within every limit: only its columns are looked at
+    count = len(values)
+    for index, target in header.fields:
+        if index < count and (value := values[index].strip()):
+            contact[target] = value
+    contact["data"] = {
+        column: value
+        for index, column in header.custom
+        if index < count and (value := values[index].strip())
+    }
+    return contact
+
+
+def _checked_contact(
+    header: Header, row: ParsedRow, contact: dict[str, Any]
+) -> dict[str, Any] | RowError:
+    """contact_from_row for a row with a long value or a NUL: each value is checked, in
+    column order, and the first one past its limit makes the row an error row."""
+    email, normalized = contact["email"], contact["email_normalized"]
     data: dict[str, str] = {}
     for column, target, value in zip(header.columns, header.mapping, row.values, strict=False):
         value = value.strip()

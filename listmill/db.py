@@ -8,6 +8,7 @@ from typing import Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from listmill.settings import Settings
@@ -20,15 +21,32 @@ JSONB_VERSION = b"\x01"
 
 
 def _encode_jsonb(value: Any) -> bytes:
-    return JSONB_VERSION + json.dumps(value).encode()
+    return JSONB_VERSION + _dumps(value)
+
+
+def _dumps(value: Any) -> bytes:
+    """JSON text: orjson (five times faster than json, which an import's million custom-data
+    values feel), or json where orjson refuses (an integer past 64 bits, say)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(value).encode()
 
 
 def _decode_jsonb(data: bytes) -> Any:
-    return json.loads(data[1:])
+    return _loads(data[1:])
+
+
+def _loads(text: bytes) -> Any:
+    """A JSON value: orjson, or json for what orjson refuses (an integer past 64 bits)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def _encode_json(value: Any) -> bytes:
-    return json.dumps(value).encode()
+    return _dumps(value)
 
 
 async def _init_connection(conn: Connection) -> None:
@@ -37,7 +55,7 @@ async def _init_connection(conn: Connection) -> None:
         "jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog", format="binary"
     )
     await conn.set_type_codec(
-        "json", encoder=_encode_json, decoder=json.loads, schema="pg_catalog", format="binary"
+        "json", encoder=_encode_json, decoder=_loads, schema="pg_catalog", format="binary"
     )
 
 

@@ -15,14 +15,14 @@ import asyncpg
 import redis.exceptions
 import structlog
 
-from listmill.db import Connection
+from listmill.db import Connection, Pool
 from listmill.jobs.queue import wake_worker
 from listmill.queries import jobs as queries
 from listmill.records import JobRow, JobStatus
 from listmill.settings import Settings
 from worker.context import WorkerContext
 from worker.jobs import plan_for
-from worker.jobs.base import BatchOutcome
+from worker.jobs.base import BatchOutcome, Plan
 from worker.metrics import JOB_DURATION, JOB_RETRIES, JOBS_FINISHED, ROWS_WRITTEN
 
 log = structlog.get_logger(__name__)
@@ -107,7 +107,7 @@ async def _run_claimed(
     JOB_DURATION.labels(job.kind.value).observe(time.monotonic() - started)
     async with ctx["pool"].acquire() as conn:
         await queries.finish_job(conn, job.id, lease, status, error)
-        cleanup = plan_for(job.kind, payload).cleanup
+        cleanup = plan_for(job.kind, payload, ctx["pool"], ctx["settings"]).cleanup
         if cleanup is not None:
             await cleanup(conn, job, ctx["settings"])
     log.info("job_finished", status=status, seconds=round(time.monotonic() - started, 3))
@@ -120,7 +120,17 @@ async def _apply_batches(
     """Prepare once if the kind needs it, then apply the items after the checkpoint, one
     transaction per batch, each committing the job's counters and checkpoint with it."""
     settings, pool = ctx["settings"], ctx["pool"]
-    plan = plan_for(job.kind, payload)
+    plan = plan_for(job.kind, payload, pool, settings)
+    try:
+        await _run_plan(plan, job, lease, heart, pool, settings)
+    finally:
+        if plan.close is not None:
+            await plan.close()
+
+
+async def _run_plan(
+    plan: Plan, job: JobRow, lease: UUID, heart: asyncio.Task[None], pool: Pool, settings: Settings
+) -> None:
     progress = _Progress(job)
     if job.total is None and plan.prepare is not None:
         async with pool.acquire() as conn, conn.transaction():

@@ -10,7 +10,7 @@ from listmill.db import Connection
 
 STAGED_COLUMNS = (
     "job_id", "position", "row_number", "email", "email_normalized", "first_name", "last_name",
-    "country", "time_zone", "data", "duplicate",
+    "country", "time_zone", "data", "duplicate", "held",
 )  # fmt: skip
 
 
@@ -34,15 +34,16 @@ async def stage_rows(
 
 
 async def mark_duplicates(conn: Connection, job_id: UUID) -> int:
-    """Flag every row of the file whose email a later row repeats (the last row wins); rows
-    staged already flagged (a mirror's error rows) are neither counted nor win."""
+    """Flag every held row whose email a later row repeats (the last row wins); rows staged
+    already flagged (a mirror's error rows) are neither counted nor win. Only held rows can
+    share an email: the others have a key no other row of the file has."""
     result = await conn.execute(
         """
         WITH earlier AS MATERIALIZED (
             SELECT position FROM (
                 SELECT position, row_number() OVER (
                     PARTITION BY email_normalized ORDER BY position DESC) AS nth
-                FROM import_rows WHERE job_id = $1 AND NOT duplicate
+                FROM import_rows WHERE job_id = $1 AND held AND NOT duplicate
             ) ranked
             WHERE nth > 1
         )
@@ -55,17 +56,19 @@ async def mark_duplicates(conn: Connection, job_id: UUID) -> int:
 
 
 async def staged_emails(
-    conn: Connection, job_id: UUID, after: int, upto: int
+    conn: Connection, job_id: UUID, after: int, upto: int, held: bool
 ) -> list[tuple[str, int, str]]:
-    """(email_normalized, row_number, email) of the rows to apply between two positions."""
+    """(email_normalized, row_number, email) of the rows to apply between two positions,
+    held or not."""
     rows = await conn.fetch(
         """
         SELECT email_normalized, row_number, email FROM import_rows
-        WHERE job_id = $1 AND position > $2 AND position <= $3 AND NOT duplicate
+        WHERE job_id = $1 AND position > $2 AND position <= $3 AND held = $4 AND NOT duplicate
         """,
         job_id,
         after,
         upto,
+        held,
     )
     return [(r["email_normalized"], r["row_number"], r["email"]) for r in rows]
 

@@ -179,3 +179,16 @@ async def test_another_projects_contacts_are_invisible_and_untouched(
     # the same email is a separate contact in the other project
     status, _ = await other_api.post("/contacts", {"email": "mine@example.com"})
     assert status == 201
+
+
+async def test_deleting_a_project_deletes_its_contacts(api: Api, db: asyncpg.Connection) -> None:
+    """contacts.project_id has no foreign key (see schema.sql): a trigger does its cascade."""
+    await api.post("/contacts", {"email": "gone@example.com"})
+    other = await db.fetchval("INSERT INTO projects (name) VALUES ('kept') RETURNING id")
+    await db.execute(
+        "INSERT INTO contacts (project_id, email, email_normalized)"
+        " VALUES ($1, 'k@x.io', 'k@x.io')",
+        other,
+    )
+    await db.execute("DELETE FROM projects WHERE id = $1", api.project_id)
+    assert await db.fetchval("SELECT array_agg(email) FROM contacts") == ["k@x.io"]

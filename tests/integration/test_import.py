@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -371,3 +372,139 @@ async def test_mirror_keeps_members_whose_row_is_invalid_for_another_reason_than
         "m2@example.com": "subscribed", "m3@example.com": "unsubscribed",
         "m4@example.com": "subscribed",
     }  # fmt: skip
+
+
+def _repeats_file() -> bytes:
+    """350 rows, in batches of 100: two emails repeat in another batch, one in its own."""
+    special = {
+        5: b"pre@example.com,,X5,team",
+        10: b"early@example.com,Early,Gone,pro",
+        20: b"same@example.com,A,B,",
+        30: b"same@example.com,C,,",
+        250: b"EARLY@example.com,Late,,",
+        305: b"Pre@Example.com,Final,,",
+    }
+    rows = [special.get(i, b"u%d@example.com,U%d,,free" % (i, i)) for i in range(1, 351)]
+    return b"email,first_name,last_name,plan\n" + b"\n".join(rows) + b"\n"
+
+
+async def test_an_email_repeated_in_later_batches_takes_its_last_row_whole(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    """Last row wins: the earlier rows of an email leave nothing behind, whichever batch they
+    were in, for a new contact and for one that existed; a dry run counts the same."""
+    await api.post("/contacts", {"email": "pre@example.com", "first_name": "Pre"})
+    expected = {"created": 346, "updated": 1, "duplicate": 3}
+    dry = await run_import(api, run_jobs, _repeats_file(), dry_run=True)
+    assert dry["counts"] == expected
+    assert await db.fetchval("SELECT count(*) FROM contacts") == 1
+    job = await run_import(api, run_jobs, _repeats_file())
+    assert job["counts"] == expected
+    rows = await db.fetch(
+        "SELECT email, first_name, last_name, data FROM contacts"
+        " WHERE email_normalized IN ('pre@example.com', 'early@example.com', 'same@example.com')"
+        " ORDER BY email_normalized"
+    )
+    assert [(r["email"], r["first_name"], r["last_name"], r["data"]) for r in rows] == [
+        ("EARLY@example.com", "Late", None, "{}"),
+        ("pre@example.com", "Final", None, "{}"),
+        ("same@example.com", "C", None, "{}"),
+    ]
+    assert await db.fetchval("SELECT count(*) FROM contacts") == 347
+
+
+async def test_error_rows_past_the_cap_are_counted_across_batches(
+    api: Api, run_jobs: RunJobs, settings: Settings
+) -> None:
+    settings.job_error_cap = 5
+    rows = [b"bad-%d" % i if i % 10 == 0 else b"ok%d@example.com" % i for i in range(1, 351)]
+    job = await run_import(api, run_jobs, b"email\n" + b"\n".join(rows) + b"\n")
+    assert job["counts"] == {"created": 315, "invalid": 35}
+    assert job["errors_count"] == 5 and job["errors_truncated"] is True
+    _, errors = await api.get(f"/jobs/{job['id']}/errors")
+    assert [e["row_number"] for e in errors["data"]] == [11, 21, 31, 41, 51]
+
+
+async def test_staged_merge_meets_an_email_inserted_meanwhile(
+    api: Api, settings: Settings, db: asyncpg.Connection
+) -> None:
+    """The merge of staged rows inserts new emails without ON CONFLICT; when another
+    transaction inserts one of them first, the batch is merged again, with ON CONFLICT."""
+    from listmill.db import create_pool
+    from listmill.queries import contacts, imports
+
+    job_id = await db.fetchval(
+        "INSERT INTO jobs (id, project_id, kind, lane, params, max_attempts)"
+        " VALUES (gen_random_uuid(), $1, 'import', 'large', '{}', 1) RETURNING id",
+        api.project_id,
+    )
+    pool = await create_pool(settings)
+    try:
+        async with pool.acquire() as conn:
+            records = [
+                (job_id, n, n + 1, email, email, name, None, None, None, {}, False, False)
+                for n, (email, name) in enumerate(
+                    [("x@example.com", "X"), ("y@example.com", "Y")], 1
+                )
+            ]
+            await imports.stage_rows(conn, records)
+        async with pool.acquire() as other, pool.acquire() as conn:
+            racing = other.transaction()
+            await racing.start()
+            await other.execute(
+                "INSERT INTO contacts (project_id, email, email_normalized)"
+                " VALUES ($1, 'x@example.com', 'x@example.com')",
+                api.project_id,
+            )
+            async with conn.transaction():
+                merge = asyncio.create_task(
+                    contacts.merge_staged(conn, api.project_id, job_id, 0, 2, False, "upsert")
+                )
+                await asyncio.sleep(0.3)  # the merge waits on the uncommitted insert of x
+                assert not merge.done()
+                await racing.commit()
+                assert await merge == (2, 1, 2)  # staged, created (y), changed (x updated too)
+    finally:
+        await pool.close()
+    names = await db.fetch("SELECT email, first_name FROM contacts ORDER BY email")
+    assert [(r["email"], r["first_name"]) for r in names] == [
+        ("x@example.com", "X"), ("y@example.com", "Y")
+    ]  # fmt: skip
+
+
+async def test_the_import_skips_exactly_the_rows_the_merge_would_not_change(
+    api: Api, settings: Settings
+) -> None:
+    """An import's batch leaves out the rows whose merge would change nothing, judged in
+    Python (merge_changes_nothing); over every combination of kept and given values, that
+    judgement is the merge's own."""
+    from listmill.db import create_pool
+    from listmill.queries import contacts
+
+    currents = [(f, d) for f in (None, "a") for d in ({}, {"k": "a"}, {"k": 5})]
+    givens = [(f, d) for f in (None, "a", "b") for d in ({}, {"k": "a"}, {"k": "b"}, {"j": "a"})]
+    pool = await create_pool(settings)
+    try:
+        async with pool.acquire() as conn:
+            for mode in ("upsert", "fill_blanks"):
+                for first_name, data in currents:
+                    for given_name, given_data in givens:
+                        async with conn.transaction():
+                            await conn.execute(
+                                "INSERT INTO contacts (project_id, email, email_normalized,"
+                                " first_name, data) VALUES ($1, 'c@x.io', 'c@x.io', $2, $3)",
+                                api.project_id, first_name, data,
+                            )  # fmt: skip
+                            current = (await contacts.existing_contacts(
+                                conn, api.project_id, ["c@x.io"]
+                            ))["c@x.io"]  # fmt: skip
+                            given = (given_name, None, None, None, given_data)
+                            _, _, changed = await contacts.merge_rows(
+                                conn, api.project_id, [("c@x.io", "c@x.io", *given)], mode
+                            )
+                            case = (mode, first_name, data, given_name, given_data)
+                            skipped = contacts.merge_changes_nothing(mode, current, given)
+                            assert skipped == (changed == 0), case
+                            await conn.execute("DELETE FROM contacts")
+    finally:
+        await pool.close()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from listmill.db import Pool
 from listmill.records import JobKind
+from listmill.settings import Settings
 
 from .add_members import apply_add_members
 from .base import ApplyBatch, Plan, payload_plan, refresh_contact_statistics
 from .bulk_status import apply_bulk_status, apply_remove_members
 from .bulk_upsert import apply_bulk_upsert
-from .csv_import import IMPORT_PLAN
+from .csv_import import import_plan
 
 BATCH_APPLIERS: dict[JobKind, ApplyBatch] = {
     JobKind.BULK_SUBSCRIBE: apply_bulk_status,
@@ -22,10 +24,10 @@ BATCH_APPLIERS: dict[JobKind, ApplyBatch] = {
 }
 
 
-def plan_for(kind: JobKind, payload: Any) -> Plan:
-    """How to run a job of ``kind``."""
+def plan_for(kind: JobKind, payload: Any, pool: Pool, settings: Settings) -> Plan:
+    """How to run a job of ``kind``, for one run of it."""
     if kind is JobKind.IMPORT:
-        return IMPORT_PLAN
+        return import_plan(pool, settings)
     creates_contacts = kind in (JobKind.BULK_UPSERT, JobKind.ADD_MEMBERS)
     cleanup = refresh_contact_statistics if creates_contacts else None
     return payload_plan(BATCH_APPLIERS[kind], payload, cleanup)

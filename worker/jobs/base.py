@@ -56,6 +56,7 @@ class Plan:
     apply_range: ApplyRange
     prepare: Prepare | None = None
     cleanup: Cleanup | None = None
+    close: Callable[[], Awaitable[None]] | None = None  # after this run's batches, however they end
     batch_size: Callable[[Settings], int] = lambda settings: settings.batch_size
 
 
