@@ -51,6 +51,14 @@ $$;
 CREATE OR REPLACE TRIGGER projects_delete_contacts AFTER DELETE ON projects
     REFERENCING OLD TABLE AS old_projects
     FOR EACH STATEMENT EXECUTE FUNCTION projects_delete_contacts();
+CREATE OR REPLACE FUNCTION projects_truncate_contacts() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    TRUNCATE contacts CASCADE;
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER projects_truncate_contacts AFTER TRUNCATE ON projects
+    FOR EACH STATEMENT EXECUTE FUNCTION projects_truncate_contacts();
 
 CREATE TABLE IF NOT EXISTS lists (
     id              bigserial PRIMARY KEY,
@@ -228,7 +236,7 @@ CREATE TABLE IF NOT EXISTS import_rows (
     time_zone         text,
     data              jsonb NOT NULL,
     duplicate         boolean NOT NULL DEFAULT false,  -- a later row of the file has this email
-    held              boolean NOT NULL DEFAULT false,  -- its email's key is another row's too
+    key_hash          bigint,  -- held (its email's key is another row's too): the key's hash
     PRIMARY KEY (job_id, position)
 );
-ALTER TABLE import_rows ADD COLUMN IF NOT EXISTS held boolean NOT NULL DEFAULT false;
+ALTER TABLE import_rows ADD COLUMN IF NOT EXISTS key_hash bigint;

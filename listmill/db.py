@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
@@ -18,6 +19,7 @@ Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProx
 
 
 JSONB_VERSION = b"\x01"
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
 
 def _encode_jsonb(value: Any) -> bytes:
@@ -38,11 +40,11 @@ def _decode_jsonb(data: bytes) -> Any:
 
 
 def _loads(text: bytes) -> Any:
-    """A JSON value: orjson, or json for what orjson refuses (an integer past 64 bits)."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
+    """A JSON value: orjson, or json where orjson would round (it reads an integer past 64
+    bits as a float), which is anywhere 19 digits stand in a row."""
+    if _LONG_NUMBER.search(text):
         return json.loads(text)
+    return orjson.loads(text)
 
 
 def _encode_json(value: Any) -> bytes:

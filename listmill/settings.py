@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     worker_max_jobs: int = 4
     worker_poll_delay: float = 0.05
     batch_size: int = 1000
-    import_batch_size: int = 10_000
+    import_batch_size: int = 20_000
     job_max_attempts: int = 5
     job_retry_base_seconds: float = 1.0
     job_lease_seconds: int = 30

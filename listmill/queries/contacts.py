@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -123,14 +124,17 @@ JSON_INPUT = """
               ord)
     ORDER BY r.email_normalized, r.ord DESC
 """
-# Rows of an import ($2 job) between two positions ($3, $4], held or not ($5), deduplicated; an
-# import never sets a marketing status ('subscribed' keeps the contact's own, see above).
-STAGED_INPUT = """
+# Staged rows of an import ($2 job), deduplicated: those not held between two positions
+# ($3, $4], or the held ones of some key hashes ($3). An import never sets a marketing status
+# ('subscribed' keeps the contact's own, see above).
+_STAGED = """
     SELECT email, email_normalized, first_name, last_name, country, time_zone, data,
            'subscribed'::text AS status
     FROM import_rows
-    WHERE job_id = $2 AND position > $3 AND position <= $4 AND held = $5 AND NOT duplicate
+    WHERE job_id = $2 AND {which} AND NOT duplicate
 """
+STAGED_INPUT = _STAGED.format(which="position > $3 AND position <= $4 AND key_hash IS NULL")
+HELD_INPUT = _STAGED.format(which="key_hash = ANY($3::bigint[])")
 # Rows as parallel arrays ($2 to $8), one per column, emails unique: an import's batch.
 ARRAY_INPUT = """
     SELECT r.*, 'subscribed'::text AS status
@@ -152,7 +156,7 @@ _SETS = {
 }
 
 
-def merge_changes_nothing(mode: str, current: Any, given: tuple[Any, ...]) -> bool:
+def merge_changes_nothing(mode: str, current: Any, given: Sequence[Any]) -> bool:
     """Whether merging ``given`` (first_name, last_name, country, time_zone, data) into a
     contact whose columns are ``current`` would surely change nothing, by the rules of
     _SETS: an import skips such rows before the merge. False when unsure (the merge then
@@ -193,36 +197,10 @@ MERGE_ARRAYS = {
     mode: _COUNTED.format(input=ARRAY_INPUT, merge=merge)
     for mode, merge in _for_modes(_MERGE_INPUT).items()
 }
-# The same merge of staged rows as two plain writes in one statement, a third faster: the
-# rows whose contact exists update it (if that changes anything), the others are inserted
-# in email order (an index filled in key order is filled fastest). It assumes no one else
-# inserts one of these emails meanwhile; if someone does, the insert fails with a unique
-# violation and the batch is merged again with MERGE_STAGED.
-_SPLIT = """
-WITH input AS MATERIALIZED ({input}),
-updated AS (
-    UPDATE contacts AS c SET {assignments}
-    FROM input AS excluded
-    WHERE c.project_id = $1 AND c.email_normalized = excluded.email_normalized AND {changes}
-    RETURNING 1
-),
-inserted AS (
-    INSERT INTO contacts
-        (project_id, email, email_normalized, first_name, last_name, country, time_zone, data,
-         status)
-    SELECT $1, email, email_normalized, first_name, last_name, country, time_zone, data, status
-    FROM input
-    WHERE NOT EXISTS (
-        SELECT 1 FROM contacts c
-        WHERE c.project_id = $1 AND c.email_normalized = input.email_normalized
-    )
-    ORDER BY email_normalized
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM input) AS staged, (SELECT count(*) FROM inserted) AS created,
-       (SELECT count(*) FROM inserted) + (SELECT count(*) FROM updated) AS changed
-"""
-SPLIT_STAGED = _for_modes(_SPLIT, input=STAGED_INPUT)
+MERGE_HELD = {
+    mode: _COUNTED.format(input=HELD_INPUT, merge=merge)
+    for mode, merge in _for_modes(_MERGE_INPUT).items()
+}
 
 
 async def merge_contacts(
@@ -346,16 +324,19 @@ async def delete_contacts(conn: Connection, project_id: int, ids: list[int]) -> 
 
 
 async def merge_staged(
-    conn: Connection, project_id: int, job_id: Any, after: int, upto: int, held: bool, mode: str
+    conn: Connection, project_id: int, job_id: Any, after: int, upto: int, mode: str
 ) -> tuple[int, int, int]:
-    """``merge_contacts`` for the staged rows of an import between two positions, held or
-    not; (rows staged there, contacts created, contacts changed: created or updated)."""
-    args = (project_id, job_id, after, upto, held)
-    try:
-        async with conn.transaction():  # a savepoint: a failed split merge leaves nothing
-            [row] = await fetch_planned(conn, SPLIT_STAGED[mode], *args)
-    except asyncpg.UniqueViolationError:  # an email inserted by someone else meanwhile
-        [row] = await fetch_planned(conn, MERGE_STAGED[mode], *args)
+    """``merge_contacts`` for the staged rows of an import between two positions that are
+    not held; (rows staged there, contacts created, contacts changed: created or updated)."""
+    [row] = await fetch_planned(conn, MERGE_STAGED[mode], project_id, job_id, after, upto)
+    return int(row["staged"]), int(row["created"]), int(row["changed"])
+
+
+async def merge_held(
+    conn: Connection, project_id: int, job_id: Any, key_hashes: list[int], mode: str
+) -> tuple[int, int, int]:
+    """``merge_staged`` for the held rows of some key hashes, duplicates marked already."""
+    [row] = await fetch_planned(conn, MERGE_HELD[mode], project_id, job_id, key_hashes)
     return int(row["staged"]), int(row["created"]), int(row["changed"])
 
 
@@ -382,7 +363,7 @@ NEW_COLUMNS = (
 )  # fmt: skip
 
 
-async def copy_new(conn: Connection, project_id: int, rows: list[tuple[Any, ...]]) -> None:
+async def copy_new(conn: Connection, project_id: int, rows: list[Sequence[Any]]) -> None:
     """COPY new contacts in, as (email, email_normalized, first_name, last_name, country,
     time_zone, data): the fastest way in, for an import's new emails (sorted by email, an
     index fills fastest). Raises UniqueViolationError if one of them exists after all."""
@@ -392,7 +373,7 @@ async def copy_new(conn: Connection, project_id: int, rows: list[tuple[Any, ...]
 
 
 async def merge_rows(
-    conn: Connection, project_id: int, rows: list[tuple[Any, ...]], mode: str
+    conn: Connection, project_id: int, rows: list[Sequence[Any]], mode: str
 ) -> tuple[int, int, int]:
     """``merge_contacts`` for rows of (email, email_normalized, first_name, last_name, country,
     time_zone, data), each email once; (rows, contacts created, contacts changed)."""
@@ -415,6 +396,24 @@ async def resubscribe(conn: Connection, project_id: int, emails_normalized: list
         emails_normalized,
     )
     return int(result.split()[-1])
+
+
+async def keep_statistics(conn: Connection, project_id: int, created: int) -> bool:
+    """During an import: ANALYZE contacts when the planner believes the project has fewer
+    than half the contacts the import has created so far; whether it did. A project the
+    statistics do not know (a new one) is believed to hold about one contact, and the
+    lookups by email were then planned as a walk of the project's (project_id, id) index,
+    once per email: minutes per batch. Doubling each time, a million rows ANALYZE ~6 times."""
+    if created < 1000:
+        return False
+    plan = await conn.fetchval(
+        f"EXPLAIN (FORMAT JSON) SELECT 1 FROM contacts WHERE project_id = {int(project_id)}"
+    )
+    believed = plan[0]["Plan"]["Plan Rows"]  # the pool decodes json
+    if believed * 2 >= created:
+        return False
+    await conn.execute("ANALYZE contacts")
+    return True
 
 
 async def refresh_statistics(conn: Connection) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -10,7 +10,7 @@ from listmill.db import Connection
 
 STAGED_COLUMNS = (
     "job_id", "position", "row_number", "email", "email_normalized", "first_name", "last_name",
-    "country", "time_zone", "data", "duplicate", "held",
+    "country", "time_zone", "data", "duplicate", "key_hash",
 )  # fmt: skip
 
 
@@ -27,23 +27,55 @@ async def read_chunk(conn: Connection, job_id: UUID, seq: int) -> bytes | None:
 
 
 async def stage_rows(
-    conn: Connection, records: Iterable[tuple[Any, ...]] | AsyncIterable[tuple[Any, ...]]
+    conn: Connection, records: Iterable[Sequence[Any]] | AsyncIterable[Sequence[Any]]
 ) -> None:
     """COPY parsed rows into the staging table, as they come."""
     await conn.copy_records_to_table("import_rows", records=records, columns=STAGED_COLUMNS)
 
 
-async def mark_duplicates(conn: Connection, job_id: UUID) -> int:
-    """Flag every held row whose email a later row repeats (the last row wins); rows staged
-    already flagged (a mirror's error rows) are neither counted nor win. Only held rows can
-    share an email: the others have a key no other row of the file has."""
+async def discard_staged_after(conn: Connection, job_id: UUID, position: int) -> None:
+    """Rows staged past a position (see csv_import._ImportRun._parsing)."""
+    await conn.execute(
+        "DELETE FROM import_rows WHERE job_id = $1 AND position > $2", job_id, position
+    )
+
+
+async def held_rows(conn: Connection, job_id: UUID) -> list[tuple[int, str]]:
+    """(position, email_normalized) of the job's held rows."""
+    rows = await conn.fetch(
+        "SELECT position, email_normalized FROM import_rows"
+        " WHERE job_id = $1 AND key_hash IS NOT NULL",
+        job_id,
+    )
+    return [(r["position"], r["email_normalized"]) for r in rows]
+
+
+async def set_key_hashes(conn: Connection, job_id: UUID, hashes: list[tuple[int, int]]) -> None:
+    """Set the key hash of held rows: (position, key_hash)."""
+    await conn.execute(
+        """
+        UPDATE import_rows r SET key_hash = given.key_hash
+        FROM unnest($2::int[], $3::bigint[]) AS given(position, key_hash)
+        WHERE r.job_id = $1 AND r.position = given.position
+        """,
+        job_id,
+        [position for position, _ in hashes],
+        [key_hash for _, key_hash in hashes],
+    )
+
+
+async def mark_duplicates(conn: Connection, job_id: UUID, key_hashes: list[int]) -> int:
+    """Flag every held row of these key hashes whose email a later row repeats (the last
+    row wins); rows staged already flagged (a mirror's error rows) are neither counted nor
+    win. Only held rows can share an email: no other row has the key of the others."""
     result = await conn.execute(
         """
         WITH earlier AS MATERIALIZED (
             SELECT position FROM (
                 SELECT position, row_number() OVER (
                     PARTITION BY email_normalized ORDER BY position DESC) AS nth
-                FROM import_rows WHERE job_id = $1 AND held AND NOT duplicate
+                FROM import_rows
+                WHERE job_id = $1 AND key_hash = ANY($2::bigint[]) AND NOT duplicate
             ) ranked
             WHERE nth > 1
         )
@@ -51,24 +83,22 @@ async def mark_duplicates(conn: Connection, job_id: UUID) -> int:
         FROM earlier WHERE r.job_id = $1 AND r.position = earlier.position
         """,
         job_id,
+        key_hashes,
     )
     return int(result.split()[-1])
 
 
-async def staged_emails(
-    conn: Connection, job_id: UUID, after: int, upto: int, held: bool
+async def held_emails(
+    conn: Connection, job_id: UUID, key_hashes: list[int]
 ) -> list[tuple[str, int, str]]:
-    """(email_normalized, row_number, email) of the rows to apply between two positions,
-    held or not."""
+    """(email_normalized, row_number, email) of the winning held rows of these key hashes."""
     rows = await conn.fetch(
         """
         SELECT email_normalized, row_number, email FROM import_rows
-        WHERE job_id = $1 AND position > $2 AND position <= $3 AND held = $4 AND NOT duplicate
+        WHERE job_id = $1 AND key_hash = ANY($2::bigint[]) AND NOT duplicate
         """,
         job_id,
-        after,
-        upto,
-        held,
+        key_hashes,
     )
     return [(r["email_normalized"], r["row_number"], r["email"]) for r in rows]
 

@@ -191,6 +191,8 @@ def csv_file(rows: int) -> bytes:
             lines.append(b"broken-%d,X,free" % i)
         elif i % 40 == 0:
             lines.append(b"USER%d@Example.com,Dup,pro" % (i - 1))
+        elif i % 100 == 7 and i > 1500:  # repeats an email 1,500 rows back: across batches
+            lines.append(b"user%d@example.com,Far,pro" % (i - 1500))
         else:
             lines.append(b"user%d@example.com,U%d,free" % (i, i))
     return b"\n".join(lines) + b"\n"

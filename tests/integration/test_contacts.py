@@ -192,3 +192,10 @@ async def test_deleting_a_project_deletes_its_contacts(api: Api, db: asyncpg.Con
     )
     await db.execute("DELETE FROM projects WHERE id = $1", api.project_id)
     assert await db.fetchval("SELECT array_agg(email) FROM contacts") == ["k@x.io"]
+
+
+async def test_custom_data_keeps_integers_past_64_bits_exact(api: Api) -> None:
+    big = 123456789012345678901234567890
+    _, created = await api.post("/contacts", {"email": "big@example.com", "data": {"n": big}})
+    _, read = await api.get(f"/contacts/{created['data']['id']}")
+    assert read["data"]["data"] == {"n": big}

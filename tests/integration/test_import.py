@@ -425,51 +425,43 @@ async def test_error_rows_past_the_cap_are_counted_across_batches(
     assert [e["row_number"] for e in errors["data"]] == [11, 21, 31, 41, 51]
 
 
-async def test_staged_merge_meets_an_email_inserted_meanwhile(
-    api: Api, settings: Settings, db: asyncpg.Connection
+async def test_a_new_email_inserted_by_someone_else_meanwhile_is_merged_not_lost(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection, settings: Settings
 ) -> None:
-    """The merge of staged rows inserts new emails without ON CONFLICT; when another
-    transaction inserts one of them first, the batch is merged again, with ON CONFLICT."""
-    from listmill.db import create_pool
-    from listmill.queries import contacts, imports
-
-    job_id = await db.fetchval(
-        "INSERT INTO jobs (id, project_id, kind, lane, params, max_attempts)"
-        " VALUES (gen_random_uuid(), $1, 'import', 'large', '{}', 1) RETURNING id",
-        api.project_id,
-    )
-    pool = await create_pool(settings)
+    """A batch COPYs the emails it did not find; when another transaction inserts one of
+    them first, the COPY fails and the whole batch is merged with ON CONFLICT instead."""
+    data = b"email,first_name\n" + b"".join(b"r%d@example.com,R%d\n" % (i, i) for i in range(50))
+    racing = await asyncpg.connect(settings.database_url)
     try:
-        async with pool.acquire() as conn:
-            records = [
-                (job_id, n, n + 1, email, email, name, None, None, None, {}, False, False)
-                for n, (email, name) in enumerate(
-                    [("x@example.com", "X"), ("y@example.com", "Y")], 1
-                )
-            ]
-            await imports.stage_rows(conn, records)
-        async with pool.acquire() as other, pool.acquire() as conn:
-            racing = other.transaction()
-            await racing.start()
-            await other.execute(
-                "INSERT INTO contacts (project_id, email, email_normalized)"
-                " VALUES ($1, 'x@example.com', 'x@example.com')",
-                api.project_id,
+        writer = racing.transaction()
+        await writer.start()
+        await racing.execute(
+            "INSERT INTO contacts (project_id, email, email_normalized)"
+            " VALUES ($1, 'r7@example.com', 'r7@example.com')",
+            api.project_id,
+        )
+        status, body = await upload(api, data)
+        assert status == 202
+        running = asyncio.create_task(run_jobs())
+        for _ in range(200):  # until the batch's COPY waits for the uncommitted r7
+            waiting = await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND query LIKE 'COPY%contacts%'"
             )
-            async with conn.transaction():
-                merge = asyncio.create_task(
-                    contacts.merge_staged(conn, api.project_id, job_id, 0, 2, False, "upsert")
-                )
-                await asyncio.sleep(0.3)  # the merge waits on the uncommitted insert of x
-                assert not merge.done()
-                await racing.commit()
-                assert await merge == (2, 1, 2)  # staged, created (y), changed (x updated too)
+            if waiting:
+                break
+            await asyncio.sleep(0.02)
+        assert waiting, "the import's COPY never waited for the racing insert"
+        await writer.commit()
+        await running
     finally:
-        await pool.close()
-    names = await db.fetch("SELECT email, first_name FROM contacts ORDER BY email")
-    assert [(r["email"], r["first_name"]) for r in names] == [
-        ("x@example.com", "X"), ("y@example.com", "Y")
-    ]  # fmt: skip
+        await racing.close()
+    job = await wait_for_job(api, body["data"]["id"])
+    assert job["counts"] == {"created": 49, "updated": 1}
+    assert await db.fetchval(
+        "SELECT first_name FROM contacts WHERE email = 'r7@example.com'"
+    ) == "R7"  # fmt: skip
+    assert await db.fetchval("SELECT count(*) FROM contacts") == 50
 
 
 async def test_the_import_skips_exactly_the_rows_the_merge_would_not_change(
@@ -508,3 +500,32 @@ async def test_the_import_skips_exactly_the_rows_the_merge_would_not_change(
                             await conn.execute("DELETE FROM contacts")
     finally:
         await pool.close()
+
+
+async def test_a_cancelled_import_keeps_each_repeated_email_whose_rows_it_finished(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    """Cancelled after its first batch (rows 2-101), an import has applied the last row of
+    each email whose rows all lie there, and nothing of an email repeated further on."""
+    special = {3: b"dup@example.com,First", 7: b"DUP@example.com,Last", 5: b"far@example.com,A"}
+    special[150] = b"far@example.com,B"
+    rows = [special.get(i, b"c%d@example.com,C" % i) for i in range(1, 251)]
+    # the client's cancel arrives while the first batch commits (a trigger plays the client)
+    await db.execute(
+        """
+        CREATE FUNCTION cancel_at_first_batch() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN NEW.cancel_requested := NEW.checkpoint > 0; RETURN NEW; END $$;
+        CREATE TRIGGER cancel_at_first_batch BEFORE UPDATE ON jobs
+            FOR EACH ROW EXECUTE FUNCTION cancel_at_first_batch();
+        """
+    )
+    status, body = await upload(api, b"email,first_name\n" + b"\n".join(rows) + b"\n")
+    assert status == 202
+    await run_jobs()
+    job = await wait_for_job(api, body["data"]["id"])
+    assert job["status"] == "cancelled" and job["progress"]["processed"] == 100
+    assert job["counts"] == {"created": 98, "duplicate": 1}
+    kept = await db.fetch("SELECT email, first_name FROM contacts WHERE email ILIKE '%dup%'")
+    assert [(r["email"], r["first_name"]) for r in kept] == [("DUP@example.com", "Last")]
+    assert await db.fetchval("SELECT count(*) FROM contacts WHERE email LIKE 'far%'") == 0
+    assert await db.fetchval("SELECT count(*) FROM import_rows") == 0

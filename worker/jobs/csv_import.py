@@ -1,18 +1,19 @@
-"""import: a first pass over the stored file finds the emails that occur in more than one row.
-Then the file is parsed, validated and staged (COPY into import_rows) by a task that runs
-beside the batches, so Postgres merges one part of the file while this process parses the
-next. Each batch merges its staged rows into contacts, memberships and enrollments, except the
-rows of an email that occurs more than once: those are held, and merged after the last batch,
-when the last row of each such email (which wins) is known."""
+"""import: a first pass over the stored file finds the emails that more than one row has (by
+a hash of each row's email key) and where the last of those rows is. Then a task parses the
+file into batches, one batch ahead of the batch being written, so that this process parses
+the next batch while Postgres writes the last one. Each batch, in its one transaction:
+- COPYs its new contacts straight into contacts, in email order, and merges its rows whose
+  contact exists unless they would change nothing, then joins them to the list if any;
+- stages its rows of a repeated email in import_rows ("held"), and once the last row of a
+  group of them has been parsed, merges the group: the last row of each email wins.
+A mirror import stages every row, for its last batch looks for every email of the file."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from array import array
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
@@ -35,86 +36,122 @@ from listmill.settings import Settings
 from .base import BatchOutcome, Plan, Prepared
 from .memberships import Joining, join_list
 
+if TYPE_CHECKING:
+    import numpy as np
+
 # where a staged record (imports.STAGED_COLUMNS) holds these
-ROW_NUMBER, EMAIL, EMAIL_NORMALIZED = 2, 3, 4
-YIELD_EVERY_ROWS = 1000  # ~5 ms of parsing: how long the event loop may be held
-KEY_BITS = 0xFFFF_FFFF  # email keys are compared by a 32-bit hash: a collision only holds a row
+ROW_NUMBER, EMAIL, EMAIL_NORMALIZED, KEY_HASH = 2, 3, 4, 11
+T = TypeVar("T")
 
 
 class _DryRun(Exception):
     """Raised to roll a dry run's batch back once its counts are known."""
 
 
-async def _file_rows(
-    conn: Connection, job: JobRow
-) -> AsyncIterator[tuple[Header, list[ParsedRow]]]:
-    """The stored file's rows, a chunk's worth at a time, with the file's header."""
+async def _parsed_chunks(
+    conn: Connection, job: JobRow, work: Callable[[Header, list[ParsedRow]], T]
+) -> AsyncIterator[T]:
+    """``work`` done on the stored file's rows, a chunk's worth at a time. The parsing and
+    the work run in a thread: the event loop (heartbeats, other jobs, this job's writes)
+    waits at most Python's switch interval (5 ms) for its turn, not a chunk's parse."""
     first = await queries.read_chunk(conn, job.id, 0) or b""
     reader = CsvReader(read_header(first))
     chunk: bytes | None = first
     seq = 0
-    while chunk is not None:
-        rows = list(reader.feed(chunk))
-        seq += 1
-        chunk = await queries.read_chunk(conn, job.id, seq)
-        if chunk is None:
+
+    def parse(data: bytes, final: bool) -> T:
+        rows = list(reader.feed(data))
+        if final:
             rows += list(reader.finish())
-        yield reader.header, rows
+        return work(reader.header, rows)
+
+    while chunk is not None:
+        seq += 1
+        following = await queries.read_chunk(conn, job.id, seq)
+        yield await asyncio.to_thread(parse, chunk, following is None)
+        chunk = following
 
 
-async def repeated_keys(conn: Connection, job: JobRow) -> tuple[int, frozenset[int]]:
-    """The first pass: the file's data row count, and the hashes of the email keys that more
-    than one row has. Memory: four bytes a row."""
+@dataclass(frozen=True)
+class Repeats:
+    """Pass one's findings: the file's data row count, and the email-key hashes that more
+    than one row has (sorted), each with the position of its last row. Rows of one email
+    have one hash; two emails may share one (then both are held, and still told apart)."""
+
+    total: int
+    hashes: np.ndarray[Any, Any]
+    last: np.ndarray[Any, Any]
+
+    def held(self, hashes: list[int]) -> list[bool]:
+        """For each of these hashes, whether more than one row has it."""
+        import numpy as np
+
+        return np.isin(np.array(hashes, dtype=np.int64), self.hashes).tolist()  # type: ignore[no-any-return]
+
+    def completed(self, after: int, upto: int) -> list[int]:
+        """The hashes whose last row is between these positions: their groups are whole."""
+        return self.hashes[(self.last > after) & (self.last <= upto)].tolist()  # type: ignore[no-any-return]
+
+
+async def find_repeats(conn: Connection, job: JobRow) -> Repeats:
+    """The first pass. Memory: eight bytes a row while it runs, sixteen a repeated email."""
     import numpy as np  # only imports need it
 
-    keys = array("I")
-    async for header, rows in _file_rows(conn, job):
-        keys.extend(hash(email_key(header, row)) & KEY_BITS for row in rows)
-        await asyncio.sleep(0)
-    values, counts = np.unique(np.frombuffer(keys, dtype=np.uint32), return_counts=True)
-    return len(keys), frozenset(values[counts > 1].tolist())
+    def keys(header: Header, rows: list[ParsedRow]) -> np.ndarray[Any, Any]:
+        return np.array([hash(email_key(header, row)) for row in rows], dtype=np.int64)
+
+    chunks = [keys async for keys in _parsed_chunks(conn, job, keys)]
+    everything = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
+    # the first of each hash in the reversed file is its last row
+    hashes, first, counts = np.unique(everything[::-1], return_index=True, return_counts=True)
+    repeated = counts > 1
+    last = len(everything) - first[repeated]
+    return Repeats(len(everything), hashes[repeated], last)
 
 
-def _record(
-    job: JobRow, position: int, row: ParsedRow, contact: dict[str, Any], held: bool
-) -> tuple[Any, ...]:
-    return (
+def _record(job: JobRow, position: int, row: ParsedRow, contact: dict[str, Any]) -> list[Any]:
+    """A valid row, staged (a list: its key hash is set if it is held)."""
+    return [
         job.id, position, row.number, contact["email"], contact["email_normalized"],
         contact.get("first_name"), contact.get("last_name"), contact.get("country"),
-        contact.get("time_zone"), contact["data"], False, held,
-    )  # fmt: skip
+        contact.get("time_zone"), contact["data"], False, None,
+    ]  # fmt: skip
 
 
-def _present(job: JobRow, position: int, error: RowError) -> tuple[Any, ...]:
+def _present(job: JobRow, position: int, error: RowError) -> list[Any]:
     """An error row whose email is valid, staged for a mirror import only: its person is in
     the file and stays a member, and nothing else is applied (staged as a duplicate)."""
-    return (
+    return [
         job.id, position, error.number, error.email, error.email_normalized,
-        None, None, None, None, {}, True, False,
-    )  # fmt: skip
+        None, None, None, None, {}, True, None,
+    ]  # fmt: skip
 
 
 @dataclass
 class _Batch:
-    """The parsed rows of one batch: staged records (see imports.STAGED_COLUMNS) of its rows
-    whose email no other row has (merged now), of its held rows and, for a mirror import,
-    of its error rows whose person is in the file; and its error rows."""
+    """The parsed rows of one batch, as staged records (see imports.STAGED_COLUMNS): its rows
+    whose email no other row has (``unique``), and its held rows plus, for a mirror import,
+    its error rows whose person is in the file (``held``); and its error rows."""
 
     after: int
     upto: int
-    unique: list[tuple[Any, ...]] = field(default_factory=list)
-    held: list[tuple[Any, ...]] = field(default_factory=list)
+    unique: list[list[Any]] = field(default_factory=list)
+    held: list[list[Any]] = field(default_factory=list)
     outcome: BatchOutcome = field(default_factory=BatchOutcome)
+
+
+class _ParsingEnded(Exception):
+    """The file had fewer rows than pass one counted (it cannot, unless changed meanwhile)."""
 
 
 @dataclass
 class _Parser:
     """Pass two, a task beside the batches: parses the rows after a position into batches,
-    one ahead of the batch being written, so that this process parses the next batch while
-    Postgres writes the last one. It only reads: every write is in a batch's transaction."""
+    one ahead of the batch being written. It only reads: every write is in a batch's
+    transaction, so a batch is kept exactly when its checkpoint is."""
 
     job: JobRow
-    repeated: frozenset[int]
+    repeats: Repeats
     after: int
     batch_size: int
     error_cap: int
@@ -122,40 +159,65 @@ class _Parser:
         default_factory=lambda: asyncio.Queue(maxsize=1)
     )
     errors_kept: int = 0
+    position: int = 0  # rows parsed so far
+    filling: _Batch = field(init=False)  # the batch being filled
+
+    def __post_init__(self) -> None:
+        self.filling = self._next(self.after, self.repeats.total)
 
     async def run(self, conn: Connection) -> None:
         try:
             await self._parse(conn)
+            await self.ready.put(_ParsingEnded(f"the file ended before row {self.repeats.total}"))
         except Exception as exc:
             await self.ready.put(exc)
 
     async def _parse(self, conn: Connection) -> None:
-        job, total = self.job, self.job.total or 0
+        async for done in _parsed_chunks(conn, self.job, self._take):
+            for batch in done:
+                await self.ready.put(batch)
+                if batch.upto == self.repeats.total:
+                    return
+
+    def _take(self, header: Header, rows: list[ParsedRow]) -> list[_Batch]:
+        """Sort a chunk's rows into batches (in the parsing thread); the batches completed."""
+        job, total, done = self.job, self.repeats.total, []
         mirror = job.params["mode"] == "mirror"
-        position = 0
-        batch = self._next(self.after, total)
-        async for header, rows in _file_rows(conn, job):
-            for row in rows:
-                position += 1
-                if position <= self.after:
-                    continue
-                if position % YIELD_EVERY_ROWS == 0:
-                    await asyncio.sleep(0)  # the batches and other jobs run meanwhile
-                parsed = contact_from_row(header, row)
-                if isinstance(parsed, RowError):
-                    self._error(batch.outcome, parsed)
-                    if mirror and parsed.email_normalized:
-                        batch.held.append(_present(job, position, parsed))
-                elif hash(parsed["email_normalized"]) & KEY_BITS in self.repeated:
-                    batch.held.append(_record(job, position, row, parsed, True))
-                else:
-                    batch.unique.append(_record(job, position, row, parsed, False))
-                if position == batch.upto:
-                    await self.ready.put(batch)
-                    batch = self._next(position, total)
+        batch, position = self.filling, self.position
+        for row in rows:
+            position += 1
+            if position <= self.after:
+                continue
+            parsed = contact_from_row(header, row)
+            if isinstance(parsed, RowError):
+                self._error(batch.outcome, parsed)
+                if mirror and parsed.email_normalized:
+                    batch.held.append(_present(job, position, parsed))
+            else:
+                batch.unique.append(_record(job, position, row, parsed))
+            if position == batch.upto:
+                self._hold(batch)
+                done.append(batch)
+                batch = self._next(position, total)
+        self.filling, self.position = batch, position
+        return done
 
     def _next(self, after: int, total: int) -> _Batch:
         return _Batch(after, min(after + self.batch_size, total))
+
+    def _hold(self, batch: _Batch) -> None:
+        """Move the batch's rows of a repeated email to its held rows, with their hash."""
+        hashes = [hash(r[EMAIL_NORMALIZED]) for r in batch.unique]
+        unique = []
+        for record, key_hash, held in zip(
+            batch.unique, hashes, self.repeats.held(hashes), strict=True
+        ):
+            if held:
+                record[KEY_HASH] = key_hash
+                batch.held.append(record)
+            else:
+                unique.append(record)
+        batch.unique = unique
 
     def _error(self, outcome: BatchOutcome, error: RowError) -> None:
         outcome.counts["invalid"] += 1
@@ -180,24 +242,33 @@ class _ImportRun:
 
     pool: Pool
     settings: Settings
-    repeated: frozenset[int] | None = None
+    repeats: Repeats | None = None
     parser: _Parser | None = None
     task: asyncio.Task[None] | None = None
     lent: list[Any] = field(default_factory=list)  # the parsing task's pool connection
+    created: int = 0  # contacts this run created, to keep the planner's statistics in step
 
     async def prepare(
         self, conn: Connection, job: JobRow, settings: Settings, pool: Pool
     ) -> Prepared:
-        total, self.repeated = await repeated_keys(conn, job)
-        return Prepared(total=total, outcome=BatchOutcome())
+        self.repeats = await find_repeats(conn, job)
+        return Prepared(total=self.repeats.total, outcome=BatchOutcome())
 
     async def _parsing(self, conn: Connection, job: JobRow, after: int) -> _Parser:
         if self.parser is None:
-            if self.repeated is None:  # a resumed job: its first pass is made again
-                _, self.repeated = await repeated_keys(conn, job)
+            if self.repeats is None:  # a resumed job: its first pass is made again
+                self.repeats = await find_repeats(conn, job)
+            # rows staged past the checkpoint: none by this code, which stages in the batch's
+            # transaction, but a release before it staged a whole file at once
+            await queries.discard_staged_after(conn, job.id, after)
+            # the held rows of an earlier run carry its process's hashes (Python salts them)
+            held = await queries.held_rows(conn, job.id)
+            if held:
+                rehashed = [(position, hash(email)) for position, email in held]
+                await queries.set_key_hashes(conn, job.id, rehashed)
             settings = self.settings
             self.parser = _Parser(
-                job, self.repeated, after, settings.import_batch_size, settings.job_error_cap
+                job, self.repeats, after, settings.import_batch_size, settings.job_error_cap
             )
             reader = await self.pool.acquire()
             self.lent.append(reader)
@@ -208,21 +279,23 @@ class _ImportRun:
         self, conn: Connection, job: JobRow, after: int, upto: int
     ) -> BatchOutcome:
         parser = await self._parsing(conn, job, after)
+        assert self.repeats is not None
         batch = await parser.batch(after, upto)
         outcome = batch.outcome
-        # staged for the last batch, whether a dry run or not: the held rows, and for a mirror
-        # import every row (its last batch looks for every email of the file)
+        # staged whether a dry run or not: the held rows, and a mirror import's every row
         mirror = job.params["mode"] == "mirror"
         await queries.stage_rows(conn, batch.held + batch.unique if mirror else batch.held)
-        last = upto == job.total
-        if last:  # every held row of an email but its last one is a duplicate
-            outcome.counts["duplicate"] += await queries.mark_duplicates(conn, job.id)
+        completed = self.repeats.completed(after, upto)
+        if completed:  # every row of an email in these groups but its last is a duplicate
+            outcome.counts["duplicate"] += await queries.mark_duplicates(conn, job.id, completed)
         if not job.params["dry_run"]:
-            await _apply_batch(conn, job, batch, last)
+            await _apply_batch(conn, job, batch, completed)
+            self.created += outcome.counts["created"]
+            await contact_queries.keep_statistics(conn, job.project_id, self.created)
             return outcome
         try:
             async with conn.transaction():  # a savepoint: everything is computed, nothing kept
-                await _apply_batch(conn, job, batch, last)
+                await _apply_batch(conn, job, batch, completed)
                 raise _DryRun()
         except _DryRun:
             pass
@@ -232,26 +305,21 @@ class _ImportRun:
         """Stop the parsing task and give its connection back, however the run ended."""
         if self.task is not None:
             self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            await asyncio.wait([self.task])
         for reader in self.lent:
             await self.pool.release(reader)
         self.lent.clear()
 
 
-async def _apply_batch(conn: Connection, job: JobRow, batch: _Batch, last: bool) -> None:
-    outcome = batch.outcome
-    joined = await _merge_unique(conn, job, batch)
-    await _join(conn, job, joined, outcome)
-    if not last:
-        return
-    staged, created, changed = await contact_queries.merge_staged(
-        conn, job.project_id, job.id, 0, batch.upto, True, _mode(job)
-    )
-    _count(outcome, staged, created, changed)
-    await _join(conn, job, await queries.staged_emails(conn, job.id, 0, batch.upto, True), outcome)
+async def _apply_batch(conn: Connection, job: JobRow, batch: _Batch, completed: list[int]) -> None:
+    outcome, mode = batch.outcome, _mode(job)
+    await _join(conn, job, await _merge_unique(conn, job, batch), outcome)
+    if completed:
+        counts = await contact_queries.merge_held(conn, job.project_id, job.id, completed, mode)
+        _count(outcome, *counts)
+        await _join(conn, job, await queries.held_emails(conn, job.id, completed), outcome)
     list_id = job.params.get("list_id")
-    if job.params["mode"] == "mirror" and list_id is not None:
+    if job.params["mode"] == "mirror" and list_id is not None and batch.upto == job.total:
         outcome.counts["unsubscribed"] += await queries.mirror_unsubscribe(
             conn, job.project_id, list_id, job.id
         )
@@ -263,11 +331,13 @@ async def _merge_unique(conn: Connection, job: JobRow, batch: _Batch) -> list[tu
     email order; the others are merged (sent as arrays) unless they would change nothing,
     and all of them are if someone else inserted one of the new emails meanwhile (the COPY
     fails on it). A mirror import's rows are staged already, and merged from there."""
-    records, outcome = batch.unique, batch.outcome
+    records, outcome, mode = batch.unique, batch.outcome, _mode(job)
     if job.params["mode"] == "mirror":
-        await _merge_staged(conn, job, batch)
+        counts = await contact_queries.merge_staged(
+            conn, job.project_id, job.id, batch.after, batch.upto, mode
+        )
+        _count(outcome, *counts)
     elif records:
-        mode = _mode(job)
         existing = await contact_queries.existing_contacts(
             conn, job.project_id, [r[EMAIL_NORMALIZED] for r in records]
         )
@@ -294,14 +364,6 @@ async def _merge_unique(conn: Connection, job: JobRow, batch: _Batch) -> list[tu
         )
         _count(outcome, *counts)
     return [(r[EMAIL_NORMALIZED], r[ROW_NUMBER], r[EMAIL]) for r in records]
-
-
-async def _merge_staged(conn: Connection, job: JobRow, batch: _Batch) -> None:
-    """Merge the batch's staged rows that are not held."""
-    counts = await contact_queries.merge_staged(
-        conn, job.project_id, job.id, batch.after, batch.upto, False, _mode(job)
-    )
-    _count(batch.outcome, *counts)
 
 
 def _mode(job: JobRow) -> str:
@@ -331,7 +393,9 @@ async def _join(
     if list_id is None:
         return
     found = await contact_queries.find_by_emails(conn, job.project_id, emails)
-    targets = {found[email][0]: (row, shown) for email, row, shown in rows}
+    # a contact deleted by someone else since its row was merged is not joined: as if the
+    # deletion came after this batch (which it did, or the merge would have made it again)
+    targets = {found[email][0]: (row, shown) for email, row, shown in rows if email in found}
     statuses = {contact_id: status for contact_id, status in found.values()}
     await join_list(conn, job, targets, statuses, _joining(params), outcome)
 
