@@ -39,6 +39,8 @@ import aiohttp
 import asyncpg
 from common import (
     API,
+    ROLES,
+    SPLIT_ROLES,
     Api,
     RssPeaks,
     Service,
@@ -80,6 +82,7 @@ class Config:
     job_timeout: float
     workdir: Path
     own_workdir: bool  # made by this run: removed at the end
+    split_lanes: bool = False  # one worker process per lane: the import's is worker:large
 
 
 @dataclass
@@ -267,6 +270,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--bulk-jobs", type=int, default=40, help="at most this many bulk jobs")
     parser.add_argument("--job-timeout", type=float, default=3600.0, help="seconds per job")
     parser.add_argument("--workdir", type=Path, help="where the CSV files go (default: a tmp dir)")
+    parser.add_argument(
+        "--split-lanes", action="store_true", help="one worker process per lane (WORKER_LANES)"
+    )
     add_service_args(parser, port=18081)
     args = parser.parse_args(argv)
     skip = frozenset(filter(None, args.skip.split(",")))
@@ -278,7 +284,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     return Config(
         svc=service_of(args), rows=args.rows, small_rows=args.small_rows, skip=skip,
         bulk_jobs=args.bulk_jobs, job_timeout=args.job_timeout, workdir=workdir,
-        own_workdir=args.workdir is None,
+        own_workdir=args.workdir is None, split_lanes=args.split_lanes,
     )  # fmt: skip
 
 
@@ -375,6 +381,7 @@ def summarize(cfg: Config, measured: dict[str, Any]) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "rows": cfg.rows,
         "small_rows": cfg.small_rows,
+        "worker_processes": "one per lane" if cfg.split_lanes else "one for both lanes",
         "imports": {name: run_figures(run) for name, run in runs.items()},
         "failed_jobs": [name for name, run in runs.items() if not run.ok],
     }
@@ -415,16 +422,18 @@ def run_figures(run: ImportRun) -> dict[str, Any]:
 
 
 def print_report(r: dict[str, Any]) -> None:
-    print(f"\nlistmill import throughput, {r['rows']:,} rows, {r['cpus']} CPUs, {r['date']}")
+    print(f"\nlistmill import throughput, {r['rows']:,} rows, {r['cpus']} CPUs, {r['date']}, "
+          f"worker processes: {r['worker_processes']}")  # fmt: skip
     print(f"{'':<10}{'rows':>10}{'rows/s':>10}{'seconds':>9}{'uploaded':>9}{'staged':>8}"
           f"{'web MB':>8}{'worker MB':>10}  counts")  # fmt: skip
     for name, f in r["imports"].items():
         rss = f["peak_rss_mb"]
+        worker = rss.get("worker", rss.get("worker:large", 0))
         rows = f["counts"].get("created", 0) + f["counts"].get("unchanged", 0)
         print(
             f"{name:<10}{rows:>10,}{f['rows_per_s']:>10,}{f['seconds']:>9.1f}"
             f"{f['upload_seconds']:>9.1f}{f['staged_seconds']:>8.1f}"
-            f"{rss['web']:>8.0f}{rss['worker']:>10.0f}  "
+            f"{rss['web']:>8.0f}{worker:>10.0f}  "
             + ", ".join(f"{k} {v:,}" for k, v in sorted(f["counts"].items()))
         )
     if "copy_rows_per_s" in r:
@@ -437,8 +446,8 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"re-import of the unchanged file: {r['reimport_speedup']:.2f}x the first import")
     if "rss_growth_mb" in r:
         growth = r["rss_growth_mb"]
-        print(f"peak RSS, large minus small import: web {growth['web']:+.0f} MB, "
-              f"worker {growth['worker']:+.0f} MB")  # fmt: skip
+        print("peak RSS, large minus small import: "
+              + ", ".join(f"{role} {mb:+.0f} MB" for role, mb in growth.items()))  # fmt: skip
     if "bulk_beside_import_ms" in r:
         b = r["bulk_beside_import_ms"]
         print(f"{b['jobs']} bulk jobs of 1,000 emails beside the half-new import: "
@@ -448,7 +457,7 @@ def print_report(r: dict[str, Any]) -> None:
 
 
 def bench(cfg: Config) -> dict[str, Any]:
-    with running_service(cfg.svc) as (key, procs):
+    with running_service(cfg.svc, SPLIT_ROLES if cfg.split_lanes else ROLES) as (key, procs):
         keys = {"main": key}
         for name in ("small", "side"):
             keys[name] = run_listmill(

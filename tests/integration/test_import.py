@@ -529,3 +529,29 @@ async def test_a_cancelled_import_keeps_each_repeated_email_whose_rows_it_finish
     assert [(r["email"], r["first_name"]) for r in kept] == [("DUP@example.com", "Last")]
     assert await db.fetchval("SELECT count(*) FROM contacts WHERE email LIKE 'far%'") == 0
     assert await db.fetchval("SELECT count(*) FROM import_rows") == 0
+
+
+async def test_an_import_keeps_the_statistics_of_a_project_they_do_not_know(
+    api: Api, settings: Settings, db: asyncpg.Connection
+) -> None:
+    """The import's lookups are planned well only if the statistics know its project; one
+    that grew unseen (here 5,000 contacts after an ANALYZE) gets them refreshed, once."""
+    from listmill.db import create_pool
+    from listmill.queries import contacts
+
+    await db.execute("ANALYZE contacts")
+    await db.execute(
+        "INSERT INTO contacts (project_id, email, email_normalized)"
+        " SELECT $1, 'k' || g || '@x.io', 'k' || g || '@x.io' FROM generate_series(1, 5000) g",
+        api.project_id,
+    )
+    pool = await create_pool(settings)
+    try:
+        async with pool.acquire() as conn:
+            known = await contacts.count_project(conn, api.project_id)
+            assert known == 5000
+            assert await contacts.keep_statistics(conn, api.project_id, known) is True
+            assert await contacts.keep_statistics(conn, api.project_id, known) is False
+            assert await contacts.keep_statistics(conn, api.project_id, 3 * known) is True
+    finally:
+        await pool.close()
