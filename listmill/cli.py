@@ -178,12 +178,25 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _run_processes(settings: Settings) -> list[tuple[str, dict[str, str]]]:
+    """What `listmill run` starts: the web, and one worker per lane (an import then never
+    holds up a small job's event loop); the large lane's worker serves its metrics on the
+    port after WORKER_METRICS_PORT."""
+    metrics = settings.worker_metrics_port
+    return [
+        ("web", {}),
+        ("worker", {"WORKER_LANES": "small"}),
+        ("worker", {"WORKER_LANES": "large", "WORKER_METRICS_PORT": str(metrics and metrics + 1)}),
+    ]
+
+
 def _supervise(settings: Settings) -> int:
-    """Run `listmill web` and `listmill worker` as children; stop both on Ctrl-C or exit."""
+    """Run the processes of `listmill run` as children; stop them all on Ctrl-C or when one
+    exits."""
     env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}
     children = [
-        subprocess.Popen([sys.executable, "-m", "listmill.cli", role], env=env)
-        for role in ("web", "worker")
+        subprocess.Popen([sys.executable, "-m", "listmill.cli", role], env={**env, **extra})
+        for role, extra in _run_processes(settings)
     ]
     # Both set explicitly: a shell that starts `make run &` hands SIGINT over as ignored.
     signal.signal(signal.SIGTERM, _interrupt)

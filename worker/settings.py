@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 import socket
@@ -24,7 +23,6 @@ from worker.metrics import serve_metrics
 from worker.runner import run_job
 from worker.scheduled import scheduled_runs
 
-GC_THRESHOLD = 50_000  # new objects between two collections of the youngest generation
 log = structlog.get_logger(__name__)
 
 # arq re-runs a SIGKILLed task only after its timeout; Postgres leases do that job here, so the
@@ -95,7 +93,6 @@ async def serve(settings: Settings) -> None:
     context = await make_context(settings)
     serve_metrics(settings.worker_metrics_port)
     workers = [make_worker(settings, lane, context) for lane in settings.lanes()]
-    _tune_garbage_collector()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -113,15 +110,6 @@ async def serve(settings: Settings) -> None:
     await asyncio.gather(*tasks, presence, return_exceptions=True)
     await context["pool"].close()
     log.info("worker_stopped")
-
-
-def _tune_garbage_collector() -> None:
-    """A job makes and drops objects by the million (an import's rows), and each of Python's
-    default collections (every 700 new objects) walks the young ones, a full one every object
-    the worker has: the objects made at start are set aside for good, and collections run
-    less often. Rows hold no reference cycles; what has them (tasks, frames) is still freed."""
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, 20, 20)
 
 
 def run_worker(settings: Settings) -> None:
