@@ -240,3 +240,6 @@ CREATE TABLE IF NOT EXISTS import_rows (
     PRIMARY KEY (job_id, position)
 );
 ALTER TABLE import_rows ADD COLUMN IF NOT EXISTS key_hash bigint;
+-- the held rows of a group, looked up by its hash (a mirror import stages every row)
+CREATE INDEX IF NOT EXISTS import_rows_held ON import_rows (job_id, key_hash)
+    WHERE key_hash IS NOT NULL;

@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="create the database if missing and apply schema.sql")
     sub.add_parser("web", help="run the HTTP API")
     sub.add_parser("worker", help="run a job worker (all lanes unless WORKER_LANES is set)")
-    sub.add_parser("run", help="find or start Postgres and Redis, then run web + worker")
+    sub.add_parser("run", help="find or start Postgres and Redis, then run web + a worker per lane")
     queues = sub.add_parser("queues", help="the queue report as a table (from Postgres and Redis)")
     queues.add_argument(
         "--watch", type=_refresh_seconds, metavar="SECONDS", help="refresh until Ctrl-C"
@@ -154,7 +154,7 @@ def _found_services(settings: Settings, *, need_redis: bool = True) -> Iterator[
 
 
 def _run_all(settings: Settings) -> int:
-    """Find or start Postgres and Redis, migrate, then run web + worker until Ctrl-C."""
+    """Find or start Postgres and Redis, migrate, then run web + a worker per lane until Ctrl-C."""
     with _found_services(settings) as found:
         asyncio.run(create_database(found.database_url))
         asyncio.run(apply_schema(found.database_url))

@@ -33,35 +33,12 @@ async def stage_rows(
     await conn.copy_records_to_table("import_rows", records=records, columns=STAGED_COLUMNS)
 
 
-async def discard_staged_after(conn: Connection, job_id: UUID, position: int) -> None:
-    """Rows staged past a position (see csv_import._ImportRun._parsing)."""
-    await conn.execute(
+async def discard_staged_after(conn: Connection, job_id: UUID, position: int) -> int:
+    """Delete the rows staged past a position (see csv_import._ImportRun._parsing); how many."""
+    result = await conn.execute(
         "DELETE FROM import_rows WHERE job_id = $1 AND position > $2", job_id, position
     )
-
-
-async def held_rows(conn: Connection, job_id: UUID) -> list[tuple[int, str]]:
-    """(position, email_normalized) of the job's held rows."""
-    rows = await conn.fetch(
-        "SELECT position, email_normalized FROM import_rows"
-        " WHERE job_id = $1 AND key_hash IS NOT NULL",
-        job_id,
-    )
-    return [(r["position"], r["email_normalized"]) for r in rows]
-
-
-async def set_key_hashes(conn: Connection, job_id: UUID, hashes: list[tuple[int, int]]) -> None:
-    """Set the key hash of held rows: (position, key_hash)."""
-    await conn.execute(
-        """
-        UPDATE import_rows r SET key_hash = given.key_hash
-        FROM unnest($2::int[], $3::bigint[]) AS given(position, key_hash)
-        WHERE r.job_id = $1 AND r.position = given.position
-        """,
-        job_id,
-        [position for position, _ in hashes],
-        [key_hash for _, key_hash in hashes],
-    )
+    return int(result.split()[-1])
 
 
 async def mark_duplicates(conn: Connection, job_id: UUID, key_hashes: list[int]) -> int:

@@ -555,3 +555,30 @@ async def test_an_import_keeps_the_statistics_of_a_project_they_do_not_know(
             assert await contacts.keep_statistics(conn, api.project_id, 3 * known) is True
     finally:
         await pool.close()
+
+
+async def test_a_job_staged_by_the_release_before_is_finished_without_counting_twice(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    """The release before this one staged the whole file up front (rows past the checkpoint
+    are the sign) and counted its invalid and duplicate rows then; the job, resumed here,
+    finishes with those counts as they were."""
+    rows = [b"bad-%d" % i if i % 50 == 0 else b"u%d@example.com" % (i % 200) for i in range(250)]
+    status, body = await upload(api, b"email\n" + b"\n".join(rows) + b"\n")
+    assert status == 202
+    job_id = body["data"]["id"]
+    # what the earlier release's preparation left: the total, the counts, a staged file
+    await db.execute(
+        """UPDATE jobs SET total = 250, counts = '{"invalid": 5, "duplicate": 45}' WHERE id = $1""",
+        job_id,
+    )
+    await db.execute(
+        "INSERT INTO import_rows (job_id, position, row_number, email, email_normalized, data)"
+        " SELECT $1, g, g + 1, 'x' || g || '@old.io', 'x' || g || '@old.io', '{}'"
+        " FROM generate_series(1, 250) g",
+        job_id,
+    )
+    await run_jobs()
+    job = await wait_for_job(api, job_id)
+    assert job["counts"] == {"created": 196, "invalid": 5, "duplicate": 45}  # as it had them
+    assert await db.fetchval("SELECT count(*) FROM contacts WHERE email LIKE '%@old.io'") == 0

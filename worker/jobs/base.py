@@ -38,7 +38,7 @@ ApplyRange = Callable[[Connection, JobRow, int, int], Awaitable[BatchOutcome]]
 @dataclass
 class Prepared:
     """What a kind's one-off preparation found: the item count, and counts and error rows
-    that belong to no batch (an import's invalid and duplicate rows)."""
+    that belong to no batch (an import counts its rows here; its batches count the rest)."""
 
     total: int
     outcome: BatchOutcome
