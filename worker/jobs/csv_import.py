@@ -180,17 +180,20 @@ class _Parser:
 
     async def run(self, conn: Connection) -> None:
         try:
-            await self._parse(conn)
-            await self.ready.put(_ParsingEnded(f"the file ended before row {self.repeats.total}"))
+            if not await self._parse(conn):
+                ended = _ParsingEnded(f"the file ended before row {self.repeats.total}")
+                await self.ready.put(ended)
         except Exception as exc:
             await self.ready.put(exc)
 
-    async def _parse(self, conn: Connection) -> None:
+    async def _parse(self, conn: Connection) -> bool:
+        """Whether the file had its every row (its last batch is delivered)."""
         async for header, rows in _file_rows(conn, self.job):
             for batch in await self._take(header, rows):
                 await self.ready.put(batch)
                 if batch.upto == self.repeats.total:
-                    return
+                    return True
+        return False
 
     async def _take(self, header: Header, rows: list[ParsedRow]) -> list[_Batch]:
         """Sort a chunk's rows into batches; the batches completed."""
