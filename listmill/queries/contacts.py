@@ -188,19 +188,17 @@ SELECT (SELECT count(*) FROM input) AS staged,
        count(*) FILTER (WHERE created) AS created, count(*) AS changed
 FROM merged
 """
-_MERGE_INPUT = _MERGE_TEMPLATE.replace("WITH input AS ({input})\n", "")
-MERGE_STAGED = {
-    mode: _COUNTED.format(input=STAGED_INPUT, merge=merge)
-    for mode, merge in _for_modes(_MERGE_INPUT).items()
-}
-MERGE_ARRAYS = {
-    mode: _COUNTED.format(input=ARRAY_INPUT, merge=merge)
-    for mode, merge in _for_modes(_MERGE_INPUT).items()
-}
-MERGE_HELD = {
-    mode: _COUNTED.format(input=HELD_INPUT, merge=merge)
-    for mode, merge in _for_modes(_MERGE_INPUT).items()
-}
+_MERGES = _for_modes(_MERGE_TEMPLATE.replace("WITH input AS ({input})\n", ""))
+
+
+def _counted(input_rows: str) -> dict[str, str]:
+    """The counted merge of each mode, from these input rows."""
+    return {mode: _COUNTED.format(input=input_rows, merge=m) for mode, m in _MERGES.items()}
+
+
+MERGE_STAGED = _counted(STAGED_INPUT)
+MERGE_ARRAYS = _counted(ARRAY_INPUT)
+MERGE_HELD = _counted(HELD_INPUT)
 
 
 async def merge_contacts(
@@ -333,7 +331,7 @@ async def merge_staged(
     """``merge_contacts`` for the staged rows of an import between two positions that are
     not held; (rows staged there, contacts created, contacts changed: created or updated)."""
     [row] = await fetch_planned(conn, MERGE_STAGED[mode], project_id, job_id, after, upto)
-    return int(row["staged"]), int(row["created"]), int(row["changed"])
+    return _counts(row)
 
 
 async def merge_held(
@@ -341,7 +339,7 @@ async def merge_held(
 ) -> tuple[int, int, int]:
     """``merge_staged`` for the held rows of some key hashes, duplicates marked already."""
     [row] = await fetch_planned(conn, MERGE_HELD[mode], project_id, job_id, key_hashes)
-    return int(row["staged"]), int(row["created"]), int(row["changed"])
+    return _counts(row)
 
 
 async def existing_contacts(
@@ -385,6 +383,11 @@ async def merge_rows(
         return 0, 0, 0
     columns = [list(column) for column in zip(*rows, strict=True)]
     [row] = await conn.fetch(MERGE_ARRAYS[mode], project_id, *columns)
+    return _counts(row)
+
+
+def _counts(row: asyncpg.Record) -> tuple[int, int, int]:
+    """(rows merged, contacts created, contacts changed) of a counted merge."""
     return int(row["staged"]), int(row["created"]), int(row["changed"])
 
 

@@ -38,7 +38,8 @@ ApplyRange = Callable[[Connection, JobRow, int, int], Awaitable[BatchOutcome]]
 @dataclass
 class Prepared:
     """What a kind's one-off preparation found: the item count, and counts and error rows
-    that belong to no batch (an import counts its rows here; its batches count the rest)."""
+    that belong to no batch (none for an import: its first pass gives its total, its
+    batches count their own rows)."""
 
     total: int
     outcome: BatchOutcome
