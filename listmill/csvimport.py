@@ -9,9 +9,12 @@ import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from listmill.validation import MAX_FIELD_LENGTH, normalize_email
+
+if TYPE_CHECKING:
+    from listmill.csvcolumns import Block
 
 DELIMITERS = (",", ";", "\t")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -37,7 +40,6 @@ ALIASES = {
     "timezone": "time_zone",
     "tz": "time_zone",
 }
-CONTACT_FIELDS = ("first_name", "last_name", "country", "time_zone")
 _FIRST_LINE = re.compile(rb"[^\r\n]*")
 
 # csv refuses a field over 128 KiB by raising, which would fail the whole job: the limit goes
@@ -212,9 +214,13 @@ class ParsedRow:
 @dataclass
 class CsvReader:
     """Feed bytes, get rows: BOM stripped, invalid UTF-8 kept visible (surrogate escapes),
-    blank lines skipped, quoted newlines kept inside their field."""
+    blank lines skipped, quoted newlines kept inside their field. With ``simple``, a block of
+    records that csv would split on the delimiter alone comes as one ``Block`` read by Arrow
+    (csvcolumns; just the email column with ``only_email``) instead of ParsedRows."""
 
     header: Header
+    simple: bool = False
+    only_email: bool = False
     _decoder: Any = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")("surrogateescape")
     )
@@ -226,26 +232,52 @@ class CsvReader:
     def __post_init__(self) -> None:
         self._splitter = RecordSplitter(self.header.delimiter)
 
-    def feed(self, data: bytes) -> Iterator[ParsedRow]:
+    def feed(self, data: bytes) -> Iterator[ParsedRow | Block]:
         text = self._decoder.decode(data)
         if not self._started and text:
             text, self._started = text.lstrip("\ufeff"), True
         return self._rows(self._splitter.feed(text))
 
-    def finish(self) -> Iterator[ParsedRow]:
+    def finish(self) -> Iterator[ParsedRow | Block]:
         text = self._decoder.decode(b"", final=True)
-        last: ParsedRow | None = None
+        last: ParsedRow | Block | None = None
         for row in self._rows(self._splitter.feed(text) + self._splitter.finish()):
             if last is not None:
                 yield last
             last = row
-        if last is not None:  # the file's last record, unless that one was blank
+        if isinstance(last, ParsedRow):  # the file's last record, unless that one was blank
             last.unterminated = self._splitter.unterminated and last.number == self._number
+        if last is not None:
             yield last
 
-    def _rows(self, block: str) -> Iterator[ParsedRow]:
+    def _rows(self, block: str) -> Iterator[ParsedRow | Block]:
         if not block:
             return
+        if not self._header_skipped and self.simple:
+            header_end = block.find("\n") + 1
+            if header_end and '"' not in block[:header_end]:  # the header, skipped as csv would
+                block, self._header_skipped = block[header_end:], True
+        if self._header_skipped and self.simple:
+            simple = self._block(block)
+            if simple is not None:
+                yield simple
+                return
+        yield from self._parsed_rows(block)
+
+    def _block(self, block: str) -> Block | None:
+        # imported here: the web checks headers, and Arrow would cost it 50 MB it never uses
+        from listmill.csvcolumns import read_block, simple_block
+
+        delimiter, columns = self.header.delimiter, len(self.header.columns)
+        if not simple_block(block, delimiter, columns):
+            return None
+        only = self.header.email_index if self.only_email else None
+        simple = read_block(block, delimiter, columns, self._number + 1, only)
+        if simple is not None:
+            self._number += len(simple)
+        return simple
+
+    def _parsed_rows(self, block: str) -> Iterator[ParsedRow]:
         # invalid UTF-8 and NUL characters are rare: rows are looked at only if the block has any
         suspect, nul = _has_surrogates(block), "\x00" in block
         for values in csv.reader(io.StringIO(block, newline=""), delimiter=self.header.delimiter):

@@ -59,14 +59,14 @@ _COMMON = re.compile(
     re.ASCII,
 )
 # top-level domains email-validator refuses (special-use names, RFC 6761 and others)
-_SPECIAL_TLDS = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test", "internal"})
+SPECIAL_TLDS = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test", "internal"})
 
 
 def _common_shape(email: str) -> bool:
     if not _COMMON.fullmatch(email):
         return False
     local, _, domain = email.rpartition("@")
-    return len(local) <= 64 and domain.rsplit(".", 1)[-1] not in _SPECIAL_TLDS
+    return len(local) <= 64 and domain.rsplit(".", 1)[-1] not in SPECIAL_TLDS
 
 
 def normalize_email(raw: str) -> tuple[str, str]:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from typing import Any
 
 import asyncpg
+import pytest
 
+from listmill import csvcolumns
 from listmill.settings import Settings
 from tests.conftest import Api, RunJobs, form_post, wait_for_job
+from worker.jobs import csv_import
 
 
 async def upload(
@@ -582,3 +586,71 @@ async def test_a_job_staged_by_the_release_before_is_finished_without_counting_t
     job = await wait_for_job(api, job_id)
     assert job["counts"] == {"created": 196, "invalid": 5, "duplicate": 45}  # as it had them
     assert await db.fetchval("SELECT count(*) FROM contacts WHERE email LIKE '%@old.io'") == 0
+
+
+def _mixed_file(seed: int, rows: int) -> bytes:
+    """Mostly simple lines (the fast path), with now and then a line only csv reads right (a
+    quoted value, a blank line) and rows that fail the fast checks (an unusual email, a long
+    value); custom values with backslashes and non-ASCII text; emails repeated across batches."""
+    rng = random.Random(seed)
+    lines = [b"email,first_name,last_name,Plan,Note"]
+    for i in range(rows):
+        email = rng.choice(
+            [b"p%d@example.com" % i, b"P%d@Example.COM" % i, b" p%d@example.com " % (i % 40)]
+        )
+        if rng.random() < 0.03:
+            email = rng.choice([b"bad-%d" % i, b"\xc3\xbc%d@example.com" % i, b"x@y.test"])
+        first = rng.choice([b"", b"Ann", b"Zo\xc3\xab", b"x" * 300])
+        note = rng.choice([b"", b"c:\\dir\\", b"50% off", b"\xe6\x97\xa5\xe6\x9c\xac"])
+        lines.append(b",".join([email, first, rng.choice([b"", b"Lee"]), b"pro", note]))
+        if rng.random() < 0.01:
+            lines.append(rng.choice([b"", b'q%d@example.com,"Quoted, Name",,,' % i]))
+    return b"\n".join(lines) + b"\n"
+
+
+async def test_the_fast_path_writes_what_the_row_by_row_path_writes(
+    api: Api,
+    other_api: Api,
+    run_jobs: RunJobs,
+    db: asyncpg.Connection,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two projects import the same files, one with the fast path (csvcolumns) and one with
+    every row parsed one by one: the same counts, error rows and contacts, for new contacts
+    (COPYed as CSV text) and for existing ones (compared and merged)."""
+    settings.upload_chunk_bytes = 3000  # many blocks: most of them simple, some not
+    first, second = _mixed_file(1, 600), _mixed_file(2, 600)
+
+    async def imports(tenant: Api) -> list[Any]:
+        jobs = [await run_import(tenant, run_jobs, data) for data in (first, second)]
+        errors = [(await tenant.get(f"/jobs/{job['id']}/errors"))[1]["data"] for job in jobs]
+        return [[job["counts"] for job in jobs], errors]
+
+    fast_rows: list[int] = []
+    columns_of = csv_import.columns_of
+
+    def counted(*args: Any) -> Any:
+        columns = columns_of(*args)
+        fast_rows.append(sum(columns.fast.to_pylist()))
+        return columns
+
+    with monkeypatch.context() as patched:
+        patched.setattr(csv_import, "columns_of", counted)
+        fast = await imports(api)
+    assert sum(fast_rows) > 500, "the fast path was hardly taken: the test compares little"
+    with monkeypatch.context() as patched:
+        patched.setattr(csvcolumns, "simple_block", lambda *_: False)
+        slow = await imports(other_api)
+    assert fast == slow
+    assert fast[0][0]["created"] > 250 and fast[0][1]["updated"] > 0
+
+    async def contacts(tenant: Api) -> list[tuple[Any, ...]]:
+        rows = await db.fetch(
+            "SELECT email, email_normalized, first_name, last_name, country, time_zone,"
+            " data::text, status FROM contacts WHERE project_id = $1 ORDER BY email_normalized",
+            tenant.project_id,
+        )
+        return [tuple(row) for row in rows]
+
+    assert await contacts(api) == await contacts(other_api)

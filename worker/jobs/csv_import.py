@@ -11,13 +11,14 @@ A mirror import stages every row, for its last batch looks for every email of th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from listmill.csvcolumns import Block, Columns, Contacts, columns_of, concat
 from listmill.csvimport import (
     CsvReader,
     Header,
@@ -51,11 +52,12 @@ class _DryRun(Exception):
 
 
 async def _file_rows(
-    conn: Connection, job: JobRow
-) -> AsyncIterator[tuple[Header, list[ParsedRow]]]:
-    """The stored file's rows, a chunk's worth at a time, with the file's header."""
+    conn: Connection, job: JobRow, only_email: bool = False
+) -> AsyncIterator[tuple[Header, list[ParsedRow | Block]]]:
+    """The stored file's rows, a chunk's worth at a time, with the file's header: simple
+    blocks of them read by Arrow (csvcolumns), the others one by one."""
     first = await queries.read_chunk(conn, job.id, 0) or b""
-    reader = CsvReader(read_header(first))
+    reader = CsvReader(read_header(first), simple=True, only_email=only_email)
     chunk: bytes | None = first
     seq = 0
     while chunk is not None:
@@ -101,12 +103,20 @@ async def find_repeats(conn: Connection, job: JobRow) -> Repeats:
     import numpy as np  # only imports need it
 
     chunks = [
-        np.array([key_hash(email_key(header, row)) for row in rows], dtype=np.int64)
-        async for header, rows in _file_rows(conn, job)
+        np.array([key_hash(key) for key in _email_keys(header, rows)], dtype=np.int64)
+        async for header, rows in _file_rows(conn, job, only_email=True)
     ]
     everything = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
     del chunks
     return repeats_of(everything)
+
+
+def _email_keys(header: Header, rows: list[ParsedRow | Block]) -> Iterator[str]:
+    for row in rows:
+        if isinstance(row, Block):  # read with its email column only
+            yield from (value.strip().lower() for value in row.table.column(0).to_pylist())
+        else:
+            yield email_key(header, row)
 
 
 def repeats_of(keys: np.ndarray[Any, Any]) -> Repeats:
@@ -131,6 +141,12 @@ def _record(job: JobRow, position: int, row: ParsedRow, contact: dict[str, Any])
     )  # fmt: skip
 
 
+def _fast_records(job: JobRow, contacts: Contacts, hashes: list[int] | None = None) -> list[Record]:
+    """Fast rows (csvcolumns) as staged records, with their key hash if given."""
+    tails = [(False, None)] * len(contacts) if hashes is None else [(False, h) for h in hashes]
+    return [(job.id, *row, *tail) for row, tail in zip(contacts.rows(), tails, strict=True)]
+
+
 def _present(job: JobRow, position: int, error: RowError) -> Record:
     """An error row whose email is valid, staged for a mirror import only: its person is in
     the file and stays a member, and nothing else is applied (staged as a duplicate)."""
@@ -142,13 +158,15 @@ def _present(job: JobRow, position: int, error: RowError) -> Record:
 
 @dataclass
 class _Batch:
-    """The parsed rows of one batch, as staged records (see imports.STAGED_COLUMNS): its rows
-    whose email no other row has (``unique``), and its held rows plus, for a mirror import,
-    its error rows whose person is in the file (``held``); and its error rows."""
+    """The parsed rows of one batch: its rows whose email no other row has, as staged records
+    (``unique``, see imports.STAGED_COLUMNS) and column-wise (``fast``, csvcolumns); its held
+    rows plus, for a mirror import, its error rows whose person is in the file (``held``); and
+    its error rows."""
 
     after: int
     upto: int
     unique: list[Record] = field(default_factory=list)
+    fast: list[Contacts] = field(default_factory=list)  # more unique rows, column-wise
     held: list[Record] = field(default_factory=list)
     outcome: BatchOutcome = field(default_factory=BatchOutcome)
 
@@ -195,10 +213,21 @@ class _Parser:
                     return True
         return False
 
-    async def _take(self, header: Header, rows: list[ParsedRow]) -> list[_Batch]:
+    async def _take(self, header: Header, rows: list[ParsedRow | Block]) -> list[_Batch]:
         """Sort a chunk's rows into batches; the batches completed."""
-        job, total, done = self.job, self.repeats.total, []
-        mirror = job.params["mode"] == "mirror"
+        done: list[_Batch] = []
+        run: list[ParsedRow] = []
+        for row in rows:
+            if isinstance(row, Block):
+                await self._take_rows(header, run, done)
+                run = []
+                await self._take_block(header, columns_of(header, row), done)
+            else:
+                run.append(row)
+        await self._take_rows(header, run, done)
+        return done
+
+    async def _take_rows(self, header: Header, rows: list[ParsedRow], done: list[_Batch]) -> None:
         batch, position = self.filling, self.position
         for row in rows:
             position += 1
@@ -207,25 +236,55 @@ class _Parser:
             if position % YIELD_EVERY_ROWS == 0:
                 self.filling, self.position = batch, position
                 await asyncio.sleep(0)  # the batches, heartbeats and other jobs run meanwhile
-            parsed = contact_from_row(header, row)
-            if isinstance(parsed, RowError):
-                self._error(batch.outcome, parsed)
-                if mirror and parsed.email_normalized:
-                    batch.held.append(_present(job, position, parsed))
-            else:
-                batch.unique.append(_record(job, position, row, parsed))
+            self._take_row(batch, position, header, row)
             if position == batch.upto:
-                self._hold(batch)
-                done.append(batch)
-                batch = self._next(position, total)
+                batch = self._complete(batch, done)
         self.filling, self.position = batch, position
-        return done
+
+    async def _take_block(self, header: Header, columns: Columns, done: list[_Batch]) -> None:
+        """A simple block's rows: its fast ones stay column-wise, the others go one by one."""
+        start, count = self.position, len(columns)
+        taken = max(0, self.after - start)  # rows up to the checkpoint were written before
+        while taken < count:
+            batch = self.filling
+            upto = min(count, batch.upto - start)
+            piece = columns.slice(taken, upto)
+            batch.fast.append(piece.fast_contacts(start + taken + 1))
+            for index, number, values in piece.slow_rows():
+                self._take_row(batch, start + taken + index + 1, header, ParsedRow(number, values))
+            taken = upto
+            if start + upto == batch.upto:
+                self._complete(batch, done)
+            self.position = start + upto
+            await asyncio.sleep(0)
+        self.position = start + count
+
+    def _take_row(self, batch: _Batch, position: int, header: Header, row: ParsedRow) -> None:
+        parsed = contact_from_row(header, row)
+        if isinstance(parsed, RowError):
+            self._error(batch.outcome, parsed)
+            if self.job.params["mode"] == "mirror" and parsed.email_normalized:
+                batch.held.append(_present(self.job, position, parsed))
+        else:
+            batch.unique.append(_record(self.job, position, row, parsed))
+
+    def _complete(self, batch: _Batch, done: list[_Batch]) -> _Batch:
+        """The batch is parsed: its held rows set apart, it is done; the next one."""
+        self._hold(batch)
+        done.append(batch)
+        self.filling = self._next(batch.upto, self.repeats.total)
+        return self.filling
 
     def _next(self, after: int, total: int) -> _Batch:
         return _Batch(after, min(after + self.batch_size, total))
 
     def _hold(self, batch: _Batch) -> None:
-        """Move the batch's rows of a repeated email to its held rows, with their hash."""
+        """Move the batch's rows of a repeated email to its held rows, with their hash. A
+        mirror import stages every row: its fast rows become records too."""
+        job, fast = self.job, concat(batch.fast)
+        if job.params["mode"] == "mirror":
+            batch.unique += _fast_records(job, fast)
+            fast = concat([])
         hashes = [key_hash(r[EMAIL_NORMALIZED]) for r in batch.unique]
         unique = []
         for record, hashed, held in zip(
@@ -236,6 +295,13 @@ class _Parser:
             else:
                 unique.append(record)
         batch.unique = unique
+        hashes = [key_hash(email) for email in fast.column("email_normalized")]
+        repeated = self.repeats.held(hashes)
+        if any(repeated):
+            hashes = [hashed for hashed, held in zip(hashes, repeated, strict=True) if held]
+            batch.held += _fast_records(job, fast.where(repeated), hashes)
+            fast = fast.where([not held for held in repeated])
+        batch.fast = [fast]
 
     def _error(self, outcome: BatchOutcome, error: RowError) -> None:
         outcome.counts["invalid"] += 1
@@ -266,6 +332,7 @@ class _ImportRun:
     lent: list[Any] = field(default_factory=list)  # the parsing task's pool connection
     known: int = 0  # contacts the project has at least: to keep the statistics in step
     counted: bool = False  # the invalid and duplicate rows were counted by an earlier release
+    all_new: bool = False  # no batch found an existing contact yet: the next one is COPYed at once
 
     async def prepare(
         self, conn: Connection, job: JobRow, settings: Settings, pool: Pool
@@ -283,6 +350,7 @@ class _ImportRun:
             self.counted = await queries.discard_staged_after(conn, job.id, after) > 0
             self.known = await contact_queries.count_project(conn, job.project_id)
             await contact_queries.keep_statistics(conn, job.project_id, self.known)
+            self.all_new = self.known == 0
             settings = self.settings
             error_cap = 0 if self.counted else settings.job_error_cap
             self.parser = _Parser(job, self.repeats, after, settings.import_batch_size, error_cap)
@@ -309,13 +377,13 @@ class _ImportRun:
                 outcome.counts.pop(counted, None)
             outcome.errors_dropped = 0
         if not job.params["dry_run"]:
-            await _apply_batch(conn, job, batch, completed)
+            self.all_new = await _apply_batch(conn, job, batch, completed, self.all_new)
             self.known += outcome.counts["created"]
             await contact_queries.keep_statistics(conn, job.project_id, self.known)
             return outcome
         try:
             async with conn.transaction():  # a savepoint: everything is computed, nothing kept
-                await _apply_batch(conn, job, batch, completed)
+                self.all_new = await _apply_batch(conn, job, batch, completed, self.all_new)
                 raise _DryRun()
         except _DryRun:
             pass
@@ -331,9 +399,13 @@ class _ImportRun:
         self.lent.clear()
 
 
-async def _apply_batch(conn: Connection, job: JobRow, batch: _Batch, completed: list[int]) -> None:
+async def _apply_batch(
+    conn: Connection, job: JobRow, batch: _Batch, completed: list[int], all_new: bool
+) -> bool:
+    """Write the batch (see _merge_unique); whether all its unique rows were new contacts."""
     outcome, mode = batch.outcome, _mode(job)
-    await _join(conn, job, await _merge_unique(conn, job, batch), outcome)
+    merged, none_existed = await _merge_unique(conn, job, batch, all_new)
+    await _join(conn, job, merged, outcome)
     if completed:
         counts = await contact_queries.merge_held(conn, job.project_id, job.id, completed, mode)
         _count(outcome, *counts)
@@ -343,24 +415,36 @@ async def _apply_batch(conn: Connection, job: JobRow, batch: _Batch, completed: 
         outcome.counts["unsubscribed"] += await queries.mirror_unsubscribe(
             conn, job.project_id, list_id, job.id
         )
+    return none_existed
 
 
-async def _merge_unique(conn: Connection, job: JobRow, batch: _Batch) -> list[tuple[str, int, str]]:
+async def _merge_unique(
+    conn: Connection, job: JobRow, batch: _Batch, all_new: bool
+) -> tuple[list[tuple[str, int, str]], bool]:
     """Merge the batch's rows whose email no other row has; their (email_normalized,
-    row_number, email). The new contacts among them are COPYed straight into contacts, in
-    email order; the others are merged (sent as arrays) unless they would change nothing,
-    and all of them are if someone else inserted one of the new emails meanwhile (the COPY
-    fails on it). A mirror import's rows are staged already, and merged from there."""
+    row_number, email) if they are to be joined to anything, and whether all of them were new
+    contacts. The new contacts are COPYed straight into contacts, in email order; the others
+    are merged (sent as arrays) unless they would change nothing. With ``all_new`` (the batch
+    before had no existing contact either) every row is taken for new, and looked up only if
+    the COPY finds one that exists; all of them are merged if someone else inserted one of the
+    new emails meanwhile. A mirror import's rows are staged already, and merged from there."""
     records, outcome, mode = batch.unique, batch.outcome, _mode(job)
+    fast, none_existed = concat(batch.fast), True
     if job.params["mode"] == "mirror":
         counts = await contact_queries.merge_staged(
             conn, job.project_id, job.id, batch.after, batch.upto, mode
         )
         _count(outcome, *counts)
-    elif records:
+    elif (records or fast) and not (all_new and await _copy_new(conn, job, records, fast, outcome)):
+        fast_emails = fast.column("email_normalized")
         existing = await contact_queries.existing_contacts(
-            conn, job.project_id, [r[EMAIL_NORMALIZED] for r in records]
+            conn, job.project_id, [r[EMAIL_NORMALIZED] for r in records] + fast_emails
         )
+        none_existed = not existing
+        if existing:  # the fast rows of existing contacts are compared one by one
+            found = [email in existing for email in fast_emails]
+            records = records + _fast_records(job, fast.where(found))
+            fast = fast.where([not is_found for is_found in found])
         new, rest = [], []
         for r in records:
             current = existing.get(r[EMAIL_NORMALIZED])
@@ -370,20 +454,36 @@ async def _merge_unique(conn: Connection, job: JobRow, batch: _Batch) -> list[tu
                 outcome.counts["unchanged"] += 1
             else:
                 rest.append(r)
-        new.sort(key=lambda r: r[EMAIL_NORMALIZED])
-        try:
-            async with conn.transaction():  # a savepoint: a failed COPY leaves nothing
-                await contact_queries.copy_new(conn, job.project_id, [r[3:10] for r in new])
-            outcome.counts["created"] += len(new)
-        except asyncpg.UniqueViolationError:
+        if not await _copy_new(conn, job, new, fast, outcome):
             outcome.counts["unchanged"] -= len(records) - len(new) - len(rest)
+            records, fast = records + _fast_records(job, fast), concat([])
             rest = records
         rest.sort(key=lambda r: r[EMAIL_NORMALIZED])
         counts = await contact_queries.merge_rows(
             conn, job.project_id, [r[3:10] for r in rest], mode
         )
         _count(outcome, *counts)
-    return [(r[EMAIL_NORMALIZED], r[ROW_NUMBER], r[EMAIL]) for r in records]
+    if job.params.get("list_id") is None and not job.params["resubscribe"]:
+        return [], none_existed  # nothing to join them to
+    merged = [(r[EMAIL_NORMALIZED], r[ROW_NUMBER], r[EMAIL]) for r in records]
+    emails, numbers = fast.column("email_normalized"), fast.column("row_number")
+    return merged + list(zip(emails, numbers, fast.column("email"), strict=True)), none_existed
+
+
+async def _copy_new(
+    conn: Connection, job: JobRow, records: list[Record], fast: Contacts, outcome: BatchOutcome
+) -> bool:
+    """COPY these rows in as new contacts, in email order, and count them created; False,
+    and nothing written or counted, if one of them exists."""
+    records = sorted(records, key=lambda r: r[EMAIL_NORMALIZED])
+    try:
+        async with conn.transaction():  # a savepoint: a failed COPY leaves nothing
+            await contact_queries.copy_new(conn, job.project_id, [r[3:10] for r in records])
+            await contact_queries.copy_new_text(conn, fast.copy_text(job.project_id))
+    except asyncpg.UniqueViolationError:
+        return False
+    outcome.counts["created"] += len(records) + len(fast)
+    return True
 
 
 def _mode(job: JobRow) -> str:

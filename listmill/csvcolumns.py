@@ -1,0 +1,279 @@
+"""The import's fast path: SPEC §6's rules applied a column at a time, by Arrow.
+
+A block of records with no quote, no control character (but its line ends), no whitespace that
+``str.strip()`` removes besides the space, no blank line, no byte that was not UTF-8, and the
+header's number of fields on every line is what ``csv.reader`` would split on the delimiter
+alone. Such a block (``simple_block``) is parsed by Arrow's CSV reader, and its rows are
+validated column by column; its new contacts go to ``COPY`` as CSV text without a Python object
+per row. A row whose email has an unusual shape, or with a value past its limit, is handed back
+as a ``ParsedRow`` for the row-by-row rules of ``csvimport``; what comes out is the same, row
+for row, as if every row had gone that way (tests/unit/test_csvcolumns.py compares them)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from listmill.validation import MAX_EMAIL_LENGTH, MAX_FIELD_LENGTH, SPECIAL_TLDS
+
+CONTACT_FIELDS = ("first_name", "last_name", "country", "time_zone")
+
+if TYPE_CHECKING:
+    from listmill.csvimport import Header
+
+# what str.strip() removes, but the space, the tab and the line ends (the tab is the delimiter
+# or refused; line ends end records): checked against str.isspace by the tests
+_OTHER_WHITESPACE = (
+    "\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+# the common shape of an address, as validation._COMMON (which the tests compare it with)
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+COMMON_EMAIL = (
+    rf"^[a-z0-9!#$%&'*+/=?^_`{{|}}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{{|}}~-]+)*"
+    rf"@(?:{_LABEL}\.)+[a-z]{{2,63}}$"
+)
+_SPECIAL_TLD = r"\.(?:" + "|".join(sorted(SPECIAL_TLDS)) + r")$"
+MAX_LOCAL_PART = 64
+# the columns of a contact a block's fast rows become (see Contacts)
+CONTACT_COLUMNS = (
+    "email", "email_normalized", "first_name", "last_name", "country", "time_zone", "data",
+)  # fmt: skip
+
+
+@cache
+def _refused(delimiter: str) -> re.Pattern[str]:
+    """A character that makes a block go row by row: a quote, a control character but the
+    line ends (and the tab unless it is the delimiter), other whitespace, or a lone surrogate
+    (bytes that were not UTF-8)."""
+    tab = "" if delimiter == "\t" else "\t"
+    return re.compile(f'["\x00-\x08\x0e-\x1f{tab}{_OTHER_WHITESPACE}\ud800-\udfff]')
+
+
+@cache
+def _allowed_ascii(delimiter: str) -> bytes:
+    """The ASCII bytes _refused lets through: deleted from an ASCII block, nothing is left
+    unless the block has a refused one (ten times faster than searching with the pattern)."""
+    refused = _refused(delimiter)
+    return bytes(b for b in range(128) if not refused.match(chr(b)))
+
+
+@cache
+def _blank_line(delimiter: str) -> re.Pattern[str]:
+    """A line of nothing but spaces and delimiters (csv's blank line), after the first."""
+    return re.compile(rf"\n[ {re.escape(delimiter)}]*\r?\n")
+
+
+def simple_block(text: str, delimiter: str, columns: int) -> bool:
+    """Whether csv would read ``text`` (whole records) as lines split on the delimiter:
+    each line has the header's number of fields, and none is blank."""
+    if not text.endswith("\n") or text.count(delimiter) != text.count("\n") * (columns - 1):
+        return False
+    if "\r" in text and text.count("\r") != text.count("\r\n"):
+        return False  # a carriage return that does not end a line ends a record for csv
+    if text.isascii():
+        if text.encode().translate(None, _allowed_ascii(delimiter)):
+            return False
+    elif _refused(delimiter).search(text):
+        return False
+    blank = _blank_line(delimiter)
+    return not (blank.search(text) or blank.match("\n" + text))
+
+
+@dataclass(frozen=True)
+class Block:
+    """A simple block's rows: their values, one string column per header column (``c0``,
+    ``c1``, …), untrimmed; the row number of the first (the header is row 1)."""
+
+    first_number: int
+    table: pa.Table
+
+    def __len__(self) -> int:
+        return int(self.table.num_rows)
+
+
+def read_block(
+    text: str, delimiter: str, columns: int, first_number: int, only: int | None = None
+) -> Block | None:
+    """A simple block read by Arrow (just column ``only`` if given); None if a line has
+    another number of fields than the header (as a block with as many delimiters can)."""
+    names = [f"c{i}" for i in range(columns)]
+    try:
+        table = pacsv.read_csv(
+            pa.py_buffer(text.encode()),
+            read_options=pacsv.ReadOptions(
+                column_names=names, use_threads=False, block_size=1 << 26
+            ),
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter,
+                quote_char=False,
+                escape_char=False,
+                newlines_in_values=False,
+                ignore_empty_lines=False,
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict.fromkeys(names, pa.string()),
+                strings_can_be_null=False,
+                include_columns=None if only is None else [names[only]],
+            ),
+        )
+    except pa.ArrowInvalid:
+        return None
+    return Block(first_number, table)
+
+
+def _positions(first: int, count: int) -> pa.Array:
+    return pa.array(np.arange(first, first + count, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class Columns:
+    """A simple block's rows, in file order: ``numbers`` (as a spreadsheet shows them),
+    ``fast`` (whether the fast checks passed), ``contacts`` (the contact of each row, see
+    CONTACT_COLUMNS; meaningless where not fast) and ``raw`` (the values as read)."""
+
+    numbers: pa.Array
+    fast: pa.Array
+    contacts: pa.Table
+    raw: pa.Table
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def slice(self, start: int, stop: int) -> Columns:
+        length = stop - start
+        return Columns(
+            self.numbers.slice(start, length),
+            self.fast.slice(start, length),
+            self.contacts.slice(start, length),
+            self.raw.slice(start, length),
+        )
+
+    def fast_contacts(self, first_position: int) -> Contacts:
+        """The rows that passed, with their position (``first_position`` is the first row's)."""
+        table = self.contacts.append_column("position", _positions(first_position, len(self)))
+        return Contacts(table.append_column("row_number", self.numbers).filter(self.fast))
+
+    def slow_rows(self) -> Iterator[tuple[int, int, list[str]]]:
+        """(index, row number, values) of the rows that go row by row."""
+        slow = pc.indices_nonzero(pc.invert(self.fast)).to_pylist()
+        if not slow:
+            return
+        numbers = self.numbers.take(slow).to_pylist()
+        values = zip(*(column.to_pylist() for column in self.raw.take(slow).columns), strict=True)
+        for index, number, row in zip(slow, numbers, values, strict=True):
+            yield index, number, list(row)
+
+
+def columns_of(header: Header, block: Block) -> Columns:
+    """Validate a simple block's rows column by column (SPEC §6, as contact_from_row does:
+    values trimmed, email lower-cased for its identity, blank fields left out)."""
+    table = block.table
+    raw = [table.column(i) for i in range(table.num_columns)]
+    values = [pc.utf8_trim(column, " ") for column in raw]  # a simple block's only whitespace
+    email = values[header.email_index]
+    normalized = pc.ascii_lower(email)  # str.lower() where the shape below holds (ASCII)
+    fast = _all(
+        [
+            pc.match_substring_regex(normalized, COMMON_EMAIL),
+            pc.less_equal(pc.find_substring(normalized, "@"), MAX_LOCAL_PART),
+            pc.invert(pc.match_substring_regex(normalized, _SPECIAL_TLD)),
+            pc.less_equal(pc.utf8_length(email), MAX_EMAIL_LENGTH),
+            *(pc.less_equal(pc.utf8_length(column), MAX_FIELD_LENGTH) for column in raw),
+        ]
+    )
+    index_of = {target: index for index, target in header.fields}
+    fields = {
+        name: _blank_as_null(values[index_of[name]])
+        if name in index_of
+        else pa.nulls(len(block), pa.string())
+        for name in CONTACT_FIELDS
+    }
+    contacts = pa.table(
+        {"email": email, "email_normalized": normalized, **fields, "data": _data(header, values)}
+    )
+    numbers = _positions(block.first_number, len(block))
+    return Columns(numbers, fast, contacts, table)
+
+
+def _all(masks: Any) -> Any:
+    result = None
+    for mask in masks:
+        result = mask if result is None else pc.and_(result, mask)
+    return result
+
+
+def _blank_as_null(values: Any) -> Any:
+    return pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), values)
+
+
+def _data(header: Header, values: list[Any]) -> Any:
+    """The custom columns' non-blank values as a JSON object, one text per row."""
+    pieces = []
+    for index, column in header.custom:
+        value = values[index]
+        escaped = pc.replace_substring(pc.replace_substring(value, "\\", "\\\\"), '"', '\\"')
+        piece = pc.binary_join_element_wise(f",{json.dumps(column)}:" + '"', escaped, '"', "")
+        pieces.append(pc.if_else(pc.equal(value, ""), "", piece))
+    if not pieces:
+        return pa.repeat("{}", len(values[header.email_index]))
+    joined = pc.binary_join_element_wise(*pieces, "")
+    return pc.binary_join_element_wise("{", pc.utf8_slice_codeunits(joined, 1), "}", "")
+
+
+@dataclass(frozen=True)
+class Contacts:
+    """Valid rows of simple blocks, column-wise: CONTACT_COLUMNS, ``position`` and
+    ``row_number``; ``data`` is JSON text."""
+
+    table: pa.Table
+
+    def __len__(self) -> int:
+        return int(self.table.num_rows)
+
+    def column(self, name: str) -> list[Any]:
+        return self.table.column(name).to_pylist()  # type: ignore[no-any-return]
+
+    def where(self, mask: list[bool]) -> Contacts:
+        return Contacts(self.table.filter(pa.array(mask, pa.bool_())))
+
+    def rows(self) -> Iterator[tuple[Any, ...]]:
+        """(position, row_number, email, email_normalized, first_name, last_name, country,
+        time_zone, data as a dict) of each row."""
+        names = ("position", "row_number", *CONTACT_COLUMNS)
+        for row in zip(*(self.column(name) for name in names), strict=True):
+            yield (*row[:-1], orjson.loads(row[-1]))
+
+    def copy_text(self, project_id: int) -> bytes:
+        """The rows as COPY's CSV (project_id, then CONTACT_COLUMNS), sorted by email (an
+        index fills fastest in key order)."""
+        table = self.table.select(list(CONTACT_COLUMNS))
+        table = table.take(pc.sort_indices(table, [("email_normalized", "ascending")]))
+        project = pa.array([project_id] * table.num_rows, pa.int64())
+        out = io.BytesIO()
+        pacsv.write_csv(
+            table.add_column(0, "project_id", project),
+            out,
+            write_options=pacsv.WriteOptions(include_header=False),
+        )
+        return out.getvalue()
+
+
+def concat(parts: list[Contacts]) -> Contacts:
+    if not parts:
+        schema = pa.schema(
+            [(name, pa.string()) for name in CONTACT_COLUMNS]
+            + [("position", pa.int64()), ("row_number", pa.int64())]
+        )
+        return Contacts(schema.empty_table())
+    return Contacts(pa.concat_tables([part.table for part in parts]))

@@ -1,0 +1,180 @@
+"""The import's fast path (csvcolumns) against the row-by-row rules (csvimport): the same
+rows, numbers, contacts and error rows, for files of many shapes fed in chunks of many sizes."""
+
+from __future__ import annotations
+
+import random
+import sys
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from listmill.csvcolumns import COMMON_EMAIL, Block, columns_of, concat, simple_block
+from listmill.csvimport import (
+    CsvReader,
+    ParsedRow,
+    RowError,
+    contact_from_row,
+    email_key,
+    read_header,
+)
+from listmill.validation import _COMMON
+
+Outcome = tuple[int, Any]  # (row number, contact columns or (error code, email))
+FIELDS = ("first_name", "last_name", "country", "time_zone")
+
+
+def _contact(contact: dict[str, Any]) -> tuple[Any, ...]:
+    fields = tuple(contact.get(f) for f in FIELDS)
+    return (contact["email"], contact["email_normalized"], *fields, contact["data"])
+
+
+def _slow(header: Any, row: ParsedRow) -> Outcome:
+    parsed = contact_from_row(header, row)
+    if isinstance(parsed, RowError):
+        return row.number, (parsed.code, parsed.email, parsed.message)
+    return row.number, _contact(parsed)
+
+
+def outcomes(data: bytes, simple: bool, chunk: int) -> tuple[list[Outcome], int]:
+    """Each row's outcome in file order, and how many rows took the fast path."""
+    header = read_header(data[:4096])
+    reader = CsvReader(header, simple=simple)
+    items: list[ParsedRow | Block] = []
+    for start in range(0, len(data), chunk):
+        items += reader.feed(data[start : start + chunk])
+    items += reader.finish()
+    result: list[Outcome] = []
+    fast_rows = 0
+    for item in items:
+        if isinstance(item, ParsedRow):
+            result.append(_slow(header, item))
+            continue
+        columns = columns_of(header, item)
+        fast = columns.fast.to_pylist()
+        contacts = iter(columns.fast_contacts(1).rows())
+        slow = {index: (number, values) for index, number, values in columns.slow_rows()}
+        for index, is_fast in enumerate(fast):
+            if is_fast:
+                _, number, *contact = next(contacts)
+                result.append((number, tuple(contact)))
+                fast_rows += 1
+            else:
+                number, values = slow[index]
+                result.append(_slow(header, ParsedRow(number, values)))
+    return result, fast_rows
+
+
+EMAILS = [
+    "ann@example.com", "Ann.Lee@Example.COM", " bo@mail.example.net ", "c+tag@x.io",
+    "d'o@sub.example.org", "UPPER@EXAMPLE.ORG", "no-at-sign", "two@@example.com", "",
+    "x@localhost", "y@example.test", "a" * 65 + "@example.com", "a" * 64 + "@example.com",
+    "b@" + "c" * 250 + ".com", "üser@example.com", "user@exämple.com", "\u212aelvin@example.com",
+    "dot.@example.com", "-dash@example.com", "ok@ex-ample.co", "bad@-example.com",
+    "back\\slash@example.com", "e@example.c0m", "f@123.com", "g@example.museum",
+]  # fmt: skip
+VALUES = [
+    "", " ", "Ann", " spaced ", "Zoë", "O'Brien", "back\\slash", "c:\\path\\", "=SUM(A1)",
+    "x" * 255, "y" * 256, "z" * 1001, "日本", "emoji 🎉", "-5", "{json}", "semi;colon",
+]  # fmt: skip
+
+
+def make_file(rng: random.Random, rows: int, delimiter: str, crlf: bool, nasty: bool) -> bytes:
+    columns = ["Email Address", "First Name", "Last Name", "Country", "Plan", "Notes", ""]
+    rng.shuffle(columns)
+    width = len(columns)
+    newline = "\r\n" if crlf else "\n"
+    lines = [delimiter.join(columns)]
+    for _ in range(rows):
+        values = [rng.choice(VALUES) for _ in range(width)]
+        values[columns.index("Email Address")] = rng.choice(EMAILS)
+        values = [v.replace(delimiter, "") for v in values]
+        if nasty and rng.random() < 0.05:  # ragged rows, blank lines, quotes, a stray CR, NUL
+            values = rng.choice(
+                [values[:-2], [*values, "extra"], [""] * width, ['"q, d"', *values[1:]]]
+            )
+            if rng.random() < 0.2:
+                values[-1] += rng.choice(["\r", "\x00", "\x1f", "\xa0"])
+        lines.append(delimiter.join(values))
+        if nasty and rng.random() < 0.02:
+            lines.append("")
+    return (newline.join(lines) + newline).encode() + (b"\xff\xfe" if nasty else b"")
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fast_path_gives_the_rows_row_by_row_gives(seed: int) -> None:
+    rng = random.Random(seed)
+    delimiter = [",", ";", "\t"][seed % 3]
+    data = make_file(rng, 400, delimiter, crlf=seed % 2 == 1, nasty=seed % 4 >= 2)
+    expected, none_fast = outcomes(data, simple=False, chunk=len(data))
+    assert none_fast == 0
+    fast_rows = {}
+    for chunk in (97, 1500, len(data)):
+        got, fast_rows[chunk] = outcomes(data, simple=True, chunk=chunk)
+        assert got == expected
+    # small blocks of a nasty file are simple between its nasty rows
+    assert fast_rows[97] > 0, "no block took the fast path: the test would compare nothing"
+    assert (fast_rows[len(data)] > 0) == (seed % 4 < 2)
+
+
+def test_pass_one_keys_from_the_email_column_alone_are_the_row_by_row_keys() -> None:
+    rng = random.Random(99)
+    data = make_file(rng, 500, ",", crlf=False, nasty=True)
+    header = read_header(data)
+
+    def keys(simple: bool) -> list[str]:
+        reader = CsvReader(header, simple=simple, only_email=simple)
+        found: list[str] = []
+        for item in [*reader.feed(data[:3000]), *reader.feed(data[3000:]), *reader.finish()]:
+            if isinstance(item, Block):
+                assert item.table.num_columns == 1
+                found += [v.strip().lower() for v in item.table.column(0).to_pylist()]
+            else:
+                found.append(email_key(header, item))
+        return found
+
+    assert keys(simple=True) == keys(simple=False)
+
+
+def test_the_whitespace_a_simple_block_refuses_is_what_strip_removes() -> None:
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        if char.isspace() and char not in " \n\r":
+            # a tab is whitespace only where it is not the delimiter
+            assert not simple_block(f"a{char}b,c\n", ",", 2), hex(code)
+    assert simple_block("a b,c\r\n", ",", 2)
+    assert simple_block("a\tb\n", "\t", 2)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['a,"b"\n', "a,b\rc,d\n", "a,b\n\nc,d\n", "a,b\n , \n", "a,b,c\n", "a,b", "a\x00,b\n"],
+)
+def test_blocks_csv_would_read_otherwise_are_not_simple(text: str) -> None:
+    assert not simple_block(text, ",", 2)
+
+
+def test_common_email_shape_is_the_validation_one() -> None:
+    emails = [e.strip().lower() for e in EMAILS] + ["a.b@c.de", "a..b@c.de", "a@b.c", "a@b.cd."]
+    matched = pc.match_substring_regex(pa.array(emails), COMMON_EMAIL).to_pylist()
+    assert matched == [bool(_COMMON.fullmatch(e)) for e in emails]
+
+
+def test_copy_text_is_csv_of_the_contacts_sorted_by_email() -> None:
+    data = b"email,first_name,Plan\nB@example.com,Bo,pro\na@example.com,,\n"
+    header = read_header(data)
+    [block] = CsvReader(header, simple=True).feed(data)
+    assert isinstance(block, Block)
+    contacts = concat([columns_of(header, block).fast_contacts(1)])
+    assert list(contacts.rows()) == [
+        (1, 2, "B@example.com", "b@example.com", "Bo", None, None, None, {"Plan": "pro"}),
+        (2, 3, "a@example.com", "a@example.com", None, None, None, None, {}),
+    ]
+    assert contacts.copy_text(7).decode().splitlines() == [
+        '7,"a@example.com","a@example.com",,,,,"{}"',
+        '7,"B@example.com","b@example.com","Bo",,,,"{""Plan"":""pro""}"',
+    ]
+    assert orjson.loads('{"Plan":"pro"}') == {"Plan": "pro"}
