@@ -146,6 +146,8 @@ class RecordSplitter:
 
     def _scan(self, text: str) -> int:
         """Follow the quoting through ``text``; the end of its last record outside quotes, or -1."""
+        if not (self._in_quotes or self._quote_at_end or '"' in text):
+            return text.rfind("\n") + 1 or -1  # no quote: each newline ends a record
         pos, cut, end = self._resume(text), -1, len(text)
         while pos < end:
             if self._in_quotes:

@@ -654,3 +654,17 @@ async def test_the_fast_path_writes_what_the_row_by_row_path_writes(
         return [tuple(row) for row in rows]
 
     assert await contacts(api) == await contacts(other_api)
+
+
+async def test_an_email_of_bytes_that_are_not_utf8_is_an_error_row_not_a_failed_job(
+    api: Api, run_jobs: RunJobs
+) -> None:
+    """The first pass hashes every row's email key, undecodable bytes included."""
+    data = b"email,first_name\nj\xe9@example.com,Jo\nok@example.com,Ok\nj\xe9@example.com,Jo2\n"
+    job = await run_import(api, run_jobs, data)
+    assert job["status"] == "succeeded", job
+    assert job["counts"] == {"created": 1, "invalid": 2}
+    _, errors = await api.get(f"/jobs/{job['id']}/errors")
+    assert [(e["row_number"], e["code"]) for e in errors["data"]] == [
+        (2, "invalid_encoding"), (4, "invalid_encoding")
+    ]  # fmt: skip

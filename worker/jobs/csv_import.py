@@ -11,7 +11,7 @@ A mirror import stages every row, for its last batch looks for every email of th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import TYPE_CHECKING, Any
@@ -92,10 +92,20 @@ class Repeats:
         return self.hashes[(self.last > after) & (self.last <= upto)].tolist()  # type: ignore[no-any-return]
 
 
+def key_hashes(keys: Iterable[str]) -> np.ndarray[Any, Any]:
+    """64-bit hashes of email keys (int64), the same in every process (Python's hash() is
+    salted per process, and a resumed job must hold and group the rows its first run did).
+    A key may hold undecodable bytes (as surrogate escapes): they are hashed as they were."""
+    import numpy as np
+
+    digests = b"".join(
+        [blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest() for key in keys]
+    )
+    return np.frombuffer(digests, dtype="<i8")
+
+
 def key_hash(key: str) -> int:
-    """A 64-bit hash of an email key, the same in every process (Python's hash() is salted
-    per process, and a resumed job must hold and group the rows its first run did)."""
-    return int.from_bytes(blake2b(key.encode(), digest_size=8).digest(), "little", signed=True)
+    return int(key_hashes([key])[0])
 
 
 async def find_repeats(conn: Connection, job: JobRow) -> Repeats:
@@ -103,7 +113,7 @@ async def find_repeats(conn: Connection, job: JobRow) -> Repeats:
     import numpy as np  # only imports need it
 
     chunks = [
-        np.array([key_hash(key) for key in _email_keys(header, rows)], dtype=np.int64)
+        key_hashes(_email_keys(header, rows))
         async for header, rows in _file_rows(conn, job, only_email=True)
     ]
     everything = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
@@ -285,7 +295,7 @@ class _Parser:
         if job.params["mode"] == "mirror":
             batch.unique += _fast_records(job, fast)
             fast = concat([])
-        hashes = [key_hash(r[EMAIL_NORMALIZED]) for r in batch.unique]
+        hashes = key_hashes([r[EMAIL_NORMALIZED] for r in batch.unique]).tolist()
         unique = []
         for record, hashed, held in zip(
             batch.unique, hashes, self.repeats.held(hashes), strict=True
@@ -295,13 +305,13 @@ class _Parser:
             else:
                 unique.append(record)
         batch.unique = unique
-        hashes = [key_hash(email) for email in fast.column("email_normalized")]
+        hashes = key_hashes(fast.column("email_normalized")).tolist()
         repeated = self.repeats.held(hashes)
         if any(repeated):
             hashes = [hashed for hashed, held in zip(hashes, repeated, strict=True) if held]
             batch.held += _fast_records(job, fast.where(repeated), hashes)
             fast = fast.where([not held for held in repeated])
-        batch.fast = [fast]
+        batch.fast = [fast.ahead(job.project_id)]
 
     def _error(self, outcome: BatchOutcome, error: RowError) -> None:
         outcome.counts["invalid"] += 1
