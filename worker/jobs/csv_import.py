@@ -1,9 +1,14 @@
 """import: a first pass over the stored file finds the emails that more than one row has (by
 a hash of each row's email key) and where the last of those rows is. Then a task parses the
 file into batches, one batch ahead of the batch being written, so that this process parses
-the next batch while Postgres writes the last one. Each batch, in its one transaction:
-- COPYs its new contacts straight into contacts, in email order, and merges its rows whose
-  contact exists unless they would change nothing, then joins them to the list if any;
+the next batch while Postgres writes the last one. Most blocks of a file are parsed and
+validated a column at a time (csvcolumns: "fast" rows), the others row by row (records).
+Each batch, in its one transaction:
+- COPYs its new contacts straight into contacts, in email order: at once while no batch has
+  met an existing contact, else after finding which rows are new; the fast rows are then
+  merged from a temporary table in which Postgres finds the new and the changed ones, the
+  records are looked up and compared here; a row that would change nothing is not written;
+- joins the rows to the list, if any;
 - stages its rows of a repeated email in import_rows ("held"), and once the last row of a
   group of them has been parsed, merges the group: the last row of each email wins.
 A mirror import stages every row, for its last batch looks for every email of the file."""
@@ -433,11 +438,11 @@ async def _merge_unique(
 ) -> tuple[list[tuple[str, int, str]], bool]:
     """Merge the batch's rows whose email no other row has; their (email_normalized,
     row_number, email) if they are to be joined to anything, and whether all of them were new
-    contacts. The new contacts are COPYed straight into contacts, in email order; the others
-    are merged (sent as arrays) unless they would change nothing. With ``all_new`` (the batch
-    before had no existing contact either) every row is taken for new, and looked up only if
-    the COPY finds one that exists; all of them are merged if someone else inserted one of the
-    new emails meanwhile. A mirror import's rows are staged already, and merged from there."""
+    contacts. With ``all_new`` (the batch before had no existing contact either) they are
+    COPYed straight into contacts, in email order, and merged as below only if one of them
+    exists. The fast rows are merged from a temporary table, in which Postgres tells the new
+    and changed ones; the others are looked up and compared here (_merge_records). A mirror
+    import's rows are staged already, and merged from there."""
     records, outcome, mode = batch.unique, batch.outcome, _mode(job)
     fast, none_existed = concat(batch.fast), True
     if job.params["mode"] == "mirror":
@@ -446,38 +451,49 @@ async def _merge_unique(
         )
         _count(outcome, *counts)
     elif (records or fast) and not (all_new and await _copy_new(conn, job, records, fast, outcome)):
-        fast_emails = fast.column("email_normalized")
-        existing = await contact_queries.existing_contacts(
-            conn, job.project_id, [r[EMAIL_NORMALIZED] for r in records] + fast_emails
-        )
-        none_existed = not existing
-        if existing:  # the fast rows of existing contacts are compared one by one
-            found = [email in existing for email in fast_emails]
-            records = records + _fast_records(job, fast.where(found))
-            fast = fast.where([not is_found for is_found in found])
-        new, rest = [], []
-        for r in records:
-            current = existing.get(r[EMAIL_NORMALIZED])
-            if current is None:
-                new.append(r)
-            elif contact_queries.merge_changes_nothing(mode, current, r[5:10]):
-                outcome.counts["unchanged"] += 1
-            else:
-                rest.append(r)
-        if not await _copy_new(conn, job, new, fast, outcome):
-            outcome.counts["unchanged"] -= len(records) - len(new) - len(rest)
-            records, fast = records + _fast_records(job, fast), concat([])
-            rest = records
-        rest.sort(key=lambda r: r[EMAIL_NORMALIZED])
-        counts = await contact_queries.merge_rows(
-            conn, job.project_id, [r[3:10] for r in rest], mode
-        )
-        _count(outcome, *counts)
+        none_existed = await _merge_records(conn, job, records, outcome)
+        if fast:
+            created, changed = await contact_queries.merge_text(
+                conn, job.project_id, fast.copy_text(job.project_id), mode
+            )
+            _count(outcome, len(fast), created, changed)
+            none_existed = none_existed and created == len(fast)
     if job.params.get("list_id") is None and not job.params["resubscribe"]:
         return [], none_existed  # nothing to join them to
     merged = [(r[EMAIL_NORMALIZED], r[ROW_NUMBER], r[EMAIL]) for r in records]
     emails, numbers = fast.column("email_normalized"), fast.column("row_number")
     return merged + list(zip(emails, numbers, fast.column("email"), strict=True)), none_existed
+
+
+async def _merge_records(
+    conn: Connection, job: JobRow, records: list[Record], outcome: BatchOutcome
+) -> bool:
+    """Merge rows given as records: the new contacts among them are COPYed in, the others
+    merged (sent as arrays) unless they would change nothing, and all of them are if someone
+    else inserted one of the new emails meanwhile (the COPY fails on it); whether none of
+    them existed."""
+    if not records:
+        return True
+    mode = _mode(job)
+    existing = await contact_queries.existing_contacts(
+        conn, job.project_id, [r[EMAIL_NORMALIZED] for r in records]
+    )
+    new, rest = [], []
+    for r in records:
+        current = existing.get(r[EMAIL_NORMALIZED])
+        if current is None:
+            new.append(r)
+        elif contact_queries.merge_changes_nothing(mode, current, r[5:10]):
+            outcome.counts["unchanged"] += 1
+        else:
+            rest.append(r)
+    if not await _copy_new(conn, job, new, concat([]), outcome):
+        outcome.counts["unchanged"] -= len(records) - len(new) - len(rest)
+        rest = records
+    rest.sort(key=lambda r: r[EMAIL_NORMALIZED])
+    counts = await contact_queries.merge_rows(conn, job.project_id, [r[3:10] for r in rest], mode)
+    _count(outcome, *counts)
+    return not existing
 
 
 async def _copy_new(
