@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import io
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -406,9 +405,14 @@ async def copy_new_text(conn: Connection, text: bytes) -> None:
     """copy_new for rows given as COPY's CSV text, in the order of NEW_COLUMNS (an import's
     fast rows, csvcolumns.Contacts.copy_text)."""
     if text:
-        await conn.copy_to_table(
-            "contacts", source=io.BytesIO(text), columns=NEW_COLUMNS, format="csv"
-        )
+        await conn.copy_to_table("contacts", source=_whole(text), columns=NEW_COLUMNS, format="csv")
+
+
+async def _whole(text: bytes) -> AsyncIterator[bytes]:
+    """COPY data in one piece. asyncpg reads a file-like object in a thread, through a class
+    it makes per call, which keeps the file (and so a batch's text) until a full garbage
+    collection; bytes it would take for a file name."""
+    yield text
 
 
 async def merge_text(conn: Connection, project_id: int, text: bytes, mode: str) -> tuple[int, int]:
@@ -417,9 +421,7 @@ async def merge_text(conn: Connection, project_id: int, text: bytes, mode: str) 
     # a statement of a batch is planned to cost enough for JIT compilation, which took longer
     # (5 ms) than it saved; the setting lasts until the batch's transaction ends
     await conn.execute(f"SET LOCAL jit = off; {_BATCH_TABLE}")
-    await conn.copy_to_table(
-        "import_batch", source=io.BytesIO(text), columns=NEW_COLUMNS, format="csv"
-    )
+    await conn.copy_to_table("import_batch", source=_whole(text), columns=NEW_COLUMNS, format="csv")
     [row] = await fetch_planned(conn, MERGE_BATCH[mode], project_id)
     return int(row["created"]), int(row["changed"])
 
