@@ -93,6 +93,8 @@ def simple_block(text: str, delimiter: str, columns: int) -> bool:
     each line has the header's number of fields, and none is blank."""
     if not text.endswith("\n") or text.count(delimiter) != text.count("\n") * (columns - 1):
         return False
+    if text.startswith("\ufeff"):
+        return False  # Arrow would drop it as a byte order mark; csv keeps it in the value
     if "\r" in text and text.count("\r") != text.count("\r\n"):
         return False  # a carriage return that does not end a line ends a record for csv
     if text.isascii():

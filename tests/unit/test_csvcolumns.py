@@ -79,6 +79,7 @@ EMAILS = [
 VALUES = [
     "", " ", "Ann", " spaced ", "Zoë", "O'Brien", "back\\slash", "c:\\path\\", "=SUM(A1)",
     "x" * 255, "y" * 256, "z" * 1001, "日本", "emoji 🎉", "-5", "{json}", "semi;colon",
+    "NULL", "NA", "null", "N/A", "nan", "true", "1e5", "\ufeffbom", "del\x7f", "\u2028sep",
 ]  # fmt: skip
 
 
@@ -115,9 +116,9 @@ def test_fast_path_gives_the_rows_row_by_row_gives(seed: int) -> None:
     for chunk in (97, 1500, len(data)):
         got, fast_rows[chunk] = outcomes(data, simple=True, chunk=chunk)
         assert got == expected
-    # small blocks of a nasty file are simple between its nasty rows
+    # small blocks are simple between the rows that are not (a nasty row, a value with
+    # whitespace str.strip() would remove)
     assert fast_rows[97] > 0, "no block took the fast path: the test would compare nothing"
-    assert (fast_rows[len(data)] > 0) == (seed % 4 < 2)
 
 
 def test_pass_one_keys_from_the_email_column_alone_are_the_row_by_row_keys() -> None:
@@ -151,7 +152,7 @@ def test_the_whitespace_a_simple_block_refuses_is_what_strip_removes() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ['a,"b"\n', "a,b\rc,d\n", "a,b\n\nc,d\n", "a,b\n , \n", "a,b,c\n", "a,b", "a\x00,b\n"],
+    ['a,"b"\n', "a,b\rc,d\n", "a,b\n\nc,d\n", "a,b\n , \n", "a,b,c\n", "a,b", "a\x00,b\n", "\ufeffa,b\n"],
 )
 def test_blocks_csv_would_read_otherwise_are_not_simple(text: str) -> None:
     assert not simple_block(text, ",", 2)
