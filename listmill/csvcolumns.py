@@ -222,6 +222,16 @@ def columns_of(header: Header, block: Block) -> Columns:
     return Columns(numbers, fast, contacts, table)
 
 
+def block_email_keys(block: Block) -> Any:
+    """The email key (csvimport.email_key: trimmed, lower-cased) of each row of a block read
+    with its email column only: an Arrow array, or a list where a key is not ASCII (whose
+    lower case is Python's own)."""
+    keys = pc.utf8_trim(block.table.column(0), " ")
+    if pc.all(pc.string_is_ascii(keys)).as_py() is not False:
+        return pc.ascii_lower(keys)
+    return [key.lower() for key in keys.to_pylist()]
+
+
 def _all(masks: Any) -> Any:
     result = None
     for mask in masks:

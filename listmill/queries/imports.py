@@ -40,6 +40,16 @@ async def discard_staged_after(conn: Connection, job_id: UUID, position: int) ->
     return int(result.split()[-1])
 
 
+async def held_row(conn: Connection, job_id: UUID) -> tuple[str, int] | None:
+    """One held row of the job, (email_normalized, key_hash): which hash staged it."""
+    row = await conn.fetchrow(
+        "SELECT email_normalized, key_hash FROM import_rows"
+        " WHERE job_id = $1 AND key_hash IS NOT NULL LIMIT 1",
+        job_id,
+    )
+    return None if row is None else (str(row["email_normalized"]), int(row["key_hash"]))
+
+
 async def mark_duplicates(conn: Connection, job_id: UUID, key_hashes: list[int]) -> int:
     """Flag every held row of these key hashes whose email a later row repeats (the last
     row wins); rows staged already flagged (a mirror's error rows) are neither counted nor

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from types import SimpleNamespace
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import pytest
 
 from listmill import csvcolumns
+from listmill.keyhash import key_hashes, legacy_key_hashes
 from listmill.settings import Settings
 from tests.conftest import Api, RunJobs, form_post, wait_for_job
 from worker.jobs import csv_import
@@ -668,3 +671,28 @@ async def test_an_email_of_bytes_that_are_not_utf8_is_an_error_row_not_a_failed_
     assert [(e["row_number"], e["code"]) for e in errors["data"]] == [
         (2, "invalid_encoding"), (4, "invalid_encoding")
     ]  # fmt: skip
+
+
+async def test_a_job_resumed_from_the_release_before_goes_on_with_its_key_hash(
+    api: Api, db: asyncpg.Connection
+) -> None:
+    """Held rows staged with the blake2b hash of the release before: the resumed job hashes
+    with it, to hold and group its rows as its first run did; otherwise the new hash."""
+    status, body = await upload(api, b"email\na@example.com\n")
+    assert status == 202
+    job = SimpleNamespace(id=UUID(body["data"]["id"]))
+    assert await csv_import._hashes_of(db, job) is key_hashes  # nothing staged yet
+
+    async def stage(hashed: int) -> None:
+        await db.execute("DELETE FROM import_rows WHERE job_id = $1", job.id)
+        await db.execute(
+            "INSERT INTO import_rows (job_id, position, row_number, email, email_normalized,"
+            " data, key_hash) VALUES ($1, 1, 2, 'a@example.com', 'a@example.com', '{}', $2)",
+            job.id,
+            hashed,
+        )
+
+    await stage(int(legacy_key_hashes(["a@example.com"])[0]))
+    assert await csv_import._hashes_of(db, job) is legacy_key_hashes
+    await stage(int(key_hashes(["a@example.com"])[0]))
+    assert await csv_import._hashes_of(db, job) is key_hashes

@@ -16,14 +16,13 @@ A mirror import stages every row, for its last batch looks for every email of th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from hashlib import blake2b
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from listmill.csvcolumns import Block, Columns, Contacts, columns_of, concat
+from listmill.csvcolumns import Block, Columns, Contacts, block_email_keys, columns_of, concat
 from listmill.csvimport import (
     CsvReader,
     Header,
@@ -34,6 +33,7 @@ from listmill.csvimport import (
     read_header,
 )
 from listmill.db import Connection, Pool
+from listmill.keyhash import key_hashes, legacy_key_hashes
 from listmill.queries import contacts as contact_queries
 from listmill.queries import imports as queries
 from listmill.queries.memberships import Consent
@@ -97,41 +97,40 @@ class Repeats:
         return self.hashes[(self.last > after) & (self.last <= upto)].tolist()  # type: ignore[no-any-return]
 
 
-def key_hashes(keys: Iterable[str]) -> np.ndarray[Any, Any]:
-    """64-bit hashes of email keys (int64), the same in every process (Python's hash() is
-    salted per process, and a resumed job must hold and group the rows its first run did).
-    A key may hold undecodable bytes (as surrogate escapes): they are hashed as they were."""
-    import numpy as np
-
-    digests = b"".join(
-        [blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest() for key in keys]
-    )
-    return np.frombuffer(digests, dtype="<i8")
+KeyHashes = Callable[[Any], "np.ndarray[Any, Any]"]  # keyhash.key_hashes or the legacy one
 
 
 def key_hash(key: str) -> int:
     return int(key_hashes([key])[0])
 
 
-async def find_repeats(conn: Connection, job: JobRow) -> Repeats:
+async def find_repeats(conn: Connection, job: JobRow, hashes: KeyHashes = key_hashes) -> Repeats:
     """The first pass. Memory: about 20 bytes a row while it runs, 16 a repeated email."""
     import numpy as np  # only imports need it
 
     chunks = [
-        key_hashes(_email_keys(header, rows))
+        hashes(keys)
         async for header, rows in _file_rows(conn, job, only_email=True)
+        for keys in _email_keys(header, rows)
     ]
     everything = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
     del chunks
     return repeats_of(everything)
 
 
-def _email_keys(header: Header, rows: list[ParsedRow | Block]) -> Iterator[str]:
+def _email_keys(header: Header, rows: list[ParsedRow | Block]) -> Iterator[Any]:
+    """The rows' email keys (email_key), as Arrow arrays or lists of strings."""
+    run: list[str] = []
     for row in rows:
-        if isinstance(row, Block):  # read with its email column only
-            yield from (value.strip().lower() for value in row.table.column(0).to_pylist())
-        else:
-            yield email_key(header, row)
+        if not isinstance(row, Block):
+            run.append(email_key(header, row))
+            continue
+        if run:
+            yield run
+            run = []
+        yield block_email_keys(row)
+    if run:
+        yield run
 
 
 def repeats_of(keys: np.ndarray[Any, Any]) -> Repeats:
@@ -198,6 +197,7 @@ class _Parser:
 
     job: JobRow
     repeats: Repeats
+    hashes: KeyHashes
     after: int
     batch_size: int
     error_cap: int
@@ -300,7 +300,7 @@ class _Parser:
         if job.params["mode"] == "mirror":
             batch.unique += _fast_records(job, fast)
             fast = concat([])
-        hashes = key_hashes([r[EMAIL_NORMALIZED] for r in batch.unique]).tolist()
+        hashes = self.hashes([r[EMAIL_NORMALIZED] for r in batch.unique]).tolist()
         unique = []
         for record, hashed, held in zip(
             batch.unique, hashes, self.repeats.held(hashes), strict=True
@@ -310,7 +310,7 @@ class _Parser:
             else:
                 unique.append(record)
         batch.unique = unique
-        hashes = key_hashes(fast.column("email_normalized")).tolist()
+        hashes = self.hashes(fast.table.column("email_normalized")).tolist()
         repeated = self.repeats.held(hashes)
         if any(repeated):
             hashes = [hashed for hashed, held in zip(hashes, repeated, strict=True) if held]
@@ -348,27 +348,31 @@ class _ImportRun:
     known: int = 0  # contacts the project has at least: to keep the statistics in step
     counted: bool = False  # the invalid and duplicate rows were counted by an earlier release
     all_new: bool = False  # no batch found an existing contact yet: the next one is COPYed at once
+    hashes: KeyHashes = key_hashes
 
     async def prepare(
         self, conn: Connection, job: JobRow, settings: Settings, pool: Pool
     ) -> Prepared:
-        self.repeats = await find_repeats(conn, job)
+        self.repeats = await find_repeats(conn, job, self.hashes)
         return Prepared(total=self.repeats.total, outcome=BatchOutcome())
 
     async def _parsing(self, conn: Connection, job: JobRow, after: int) -> _Parser:
         if self.parser is None:
-            if self.repeats is None:  # a resumed job: its first pass is made again
-                self.repeats = await find_repeats(conn, job)
             # rows staged past the checkpoint: none by this code, which stages in the batch's
             # transaction, but a release before it staged the whole file at once and counted
             # (and reported) its invalid and duplicate rows then: they are not counted again
             self.counted = await queries.discard_staged_after(conn, job.id, after) > 0
+            if self.repeats is None:  # a resumed job: its first pass is made again
+                self.hashes = await _hashes_of(conn, job)
+                self.repeats = await find_repeats(conn, job, self.hashes)
             self.known = await contact_queries.count_project(conn, job.project_id)
             await contact_queries.keep_statistics(conn, job.project_id, self.known)
             self.all_new = self.known == 0
             settings = self.settings
             error_cap = 0 if self.counted else settings.job_error_cap
-            self.parser = _Parser(job, self.repeats, after, settings.import_batch_size, error_cap)
+            self.parser = _Parser(
+                job, self.repeats, self.hashes, after, settings.import_batch_size, error_cap
+            )
             reader = await self.pool.acquire()
             self.lent.append(reader)
             self.task = asyncio.create_task(self.parser.run(reader))
@@ -412,6 +416,15 @@ class _ImportRun:
         for reader in self.lent:
             await self.pool.release(reader)
         self.lent.clear()
+
+
+async def _hashes_of(conn: Connection, job: JobRow) -> KeyHashes:
+    """The key hash a resumed job's held rows were staged with: the release before hashed
+    with blake2b, and a job it started goes on with that, to hold and group as it did."""
+    held = await queries.held_row(conn, job.id)
+    if held is not None and int(legacy_key_hashes([held[0]])[0]) == held[1]:
+        return legacy_key_hashes
+    return key_hashes
 
 
 async def _apply_batch(
