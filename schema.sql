@@ -174,11 +174,19 @@ CREATE TABLE IF NOT EXISTS job_file_chunks (
     PRIMARY KEY (job_id, seq)
 );
 -- lz4 compresses an upload's chunks four times faster than the default pglz (0.2 s instead of
--- 0.8 for a 75 MB file; 23 MB stored instead of 18): a server built without it keeps pglz
+-- 0.8 for a 75 MB file; 23 MB stored instead of 18). Setting it locks the table, so it is set
+-- once; a server built without lz4 refuses the setting below (without a lock) and keeps pglz.
 DO $$
+DECLARE
+    toast_default text := current_setting('default_toast_compression');
 BEGIN
-    ALTER TABLE job_file_chunks ALTER COLUMN data SET COMPRESSION lz4;
-EXCEPTION WHEN feature_not_supported THEN
+    PERFORM set_config('default_toast_compression', 'lz4', true);
+    PERFORM set_config('default_toast_compression', toast_default, true);
+    IF (SELECT attcompression FROM pg_attribute
+        WHERE attrelid = 'job_file_chunks'::regclass AND attname = 'data') <> 'l' THEN
+        ALTER TABLE job_file_chunks ALTER COLUMN data SET COMPRESSION lz4;
+    END IF;
+EXCEPTION WHEN invalid_parameter_value OR feature_not_supported THEN
     NULL;
 END
 $$;

@@ -19,7 +19,10 @@ Exit status 1 if a job did not succeed or its counts are not the expected ones.
 "counted" is when the job's first pass had counted the file's rows (its total was known).
 
 Usage: .venv/bin/python bench/import_throughput.py [--rows 1000000] [--skip copy,half-new]
-       [--split-lanes]
+       [--split-lanes] [--quote-all]
+
+--quote-all quotes every field, as some exports do: such a file takes the row-by-row path
+(csvcolumns takes only blocks without quotes).
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ class Config:
     workdir: Path
     own_workdir: bool  # made by this run: removed at the end
     split_lanes: bool = False  # one worker process per lane: the import's is worker:large
+    quote_all: bool = False  # every field quoted, as some exports do: the row-by-row path
 
 
 @dataclass
@@ -148,9 +152,9 @@ def half_new_file(rows: int) -> Iterator[int]:
         yield j // 2 if j % 2 == 0 else rows + j // 2
 
 
-def write_csv(path: Path, indices: Iterator[int] | range) -> Path:
+def write_csv(path: Path, indices: Iterator[int] | range, quote_all: bool = False) -> Path:
     with path.open("w", newline="") as out:
-        writer = csv.writer(out)
+        writer = csv.writer(out, quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL)
         writer.writerow(HEADER)
         writer.writerows(contact(i) for i in indices)
     return path
@@ -277,6 +281,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument(
         "--split-lanes", action="store_true", help="one worker process per lane (WORKER_LANES)"
     )
+    parser.add_argument(
+        "--quote-all",
+        action="store_true",
+        help="quote every field of the files, as some exports do (the row-by-row parsing path)",
+    )
     add_service_args(parser, port=18081)
     args = parser.parse_args(argv)
     skip = frozenset(filter(None, args.skip.split(",")))
@@ -288,7 +297,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     return Config(
         svc=service_of(args), rows=args.rows, small_rows=args.small_rows, skip=skip,
         bulk_jobs=args.bulk_jobs, job_timeout=args.job_timeout, workdir=workdir,
-        own_workdir=args.workdir is None, split_lanes=args.split_lanes,
+        own_workdir=args.workdir is None, split_lanes=args.split_lanes, quote_all=args.quote_all,
     )  # fmt: skip
 
 
@@ -313,12 +322,13 @@ class Session:
 
 def generate(cfg: Config) -> dict[str, Path]:
     n, started = cfg.rows, time.perf_counter()
-    files = {"first": write_csv(cfg.workdir / "first.csv", first_file(n))}
+    quote = cfg.quote_all
+    files = {"first": write_csv(cfg.workdir / "first.csv", first_file(n), quote)}
     if "small" not in cfg.skip:
         small = range(10 * n, 10 * n + cfg.small_rows)  # emails of no other file
-        files["small"] = write_csv(cfg.workdir / "small.csv", small)
+        files["small"] = write_csv(cfg.workdir / "small.csv", small, quote)
     if "half-new" not in cfg.skip:
-        files["half-new"] = write_csv(cfg.workdir / "half-new.csv", half_new_file(n))
+        files["half-new"] = write_csv(cfg.workdir / "half-new.csv", half_new_file(n), quote)
     print(f"generated {len(files)} files in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return files
 

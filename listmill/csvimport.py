@@ -257,7 +257,8 @@ class CsvReader:
             return
         if not self._header_skipped and self.simple:
             header_end = block.find("\n") + 1
-            if header_end and '"' not in block[:header_end]:  # the header, skipped as csv would
+            line = block[:header_end].removesuffix("\n").removesuffix("\r")
+            if header_end and '"' not in line and "\r" not in line:  # where csv ends it too
                 block, self._header_skipped = block[header_end:], True
         if self._header_skipped and self.simple:
             simple = self._block(block)

@@ -82,6 +82,7 @@ async def held_emails(
         """
         SELECT email_normalized, row_number, email FROM import_rows
         WHERE job_id = $1 AND key_hash = ANY($2::bigint[]) AND NOT duplicate
+        ORDER BY row_number
         """,
         job_id,
         key_hashes,

@@ -121,6 +121,22 @@ def test_fast_path_gives_the_rows_row_by_row_gives(seed: int) -> None:
     assert fast_rows[97] > 0, "no block took the fast path: the test would compare nothing"
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"email,first_name\rann@example.com,Ann\nbob@example.com,Bob\nbad,X\n",
+        b"email,first_name\rann@example.com,Ann\rbob@example.com,Bob\rbad,X\r\n",
+        b"email,first_name\r\r\nann@example.com,Ann\r\r\nbad,X\r\r\n",
+        b"email,first_name\r\nann@example.com,Ann\r\nbad,X\r\n",
+        b'"email","first name"\nann@example.com,Ann\nbad,X\n',
+        b"\xef\xbb\xbfemail;Vorname\nann@example.com;\xc3\x84nn\n\nbad;X\n",
+    ],
+)
+def test_the_header_line_ends_where_csv_ends_it(data: bytes) -> None:
+    for chunk in (5, 20, len(data)):
+        assert outcomes(data, simple=True, chunk=chunk)[0] == outcomes(data, False, len(data))[0]
+
+
 def test_pass_one_keys_from_the_email_column_alone_are_the_row_by_row_keys() -> None:
     rng = random.Random(99)
     data = make_file(rng, 500, ",", crlf=False, nasty=True)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 
-from worker.jobs.csv_import import key_hash, repeats_of
+from worker.jobs.csv_import import repeats_of
 
 
 def test_repeats_name_each_repeated_hash_with_its_last_row() -> None:
@@ -29,10 +26,3 @@ def test_repeats_name_each_repeated_hash_with_its_last_row() -> None:
 def test_a_file_without_repeats_and_an_empty_one() -> None:
     assert repeats_of(np.arange(10, dtype=np.int64)).hashes.size == 0
     assert repeats_of(np.zeros(0, dtype=np.int64)).total == 0
-
-
-def test_the_key_hash_is_the_same_in_another_process() -> None:
-    """A resumed job is resumed by another process: it must hold and group the same rows."""
-    code = "from worker.jobs.csv_import import key_hash; print(key_hash('ann@example.com'))"
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert int(other.stdout) == key_hash("ann@example.com")

@@ -100,10 +100,6 @@ class Repeats:
 KeyHashes = Callable[[Any], "np.ndarray[Any, Any]"]  # keyhash.key_hashes or the legacy one
 
 
-def key_hash(key: str) -> int:
-    return int(key_hashes([key])[0])
-
-
 async def find_repeats(conn: Connection, job: JobRow, hashes: KeyHashes = key_hashes) -> Repeats:
     """The first pass. Memory: about 20 bytes a row while it runs, 16 a repeated email."""
     import numpy as np  # only imports need it
@@ -475,7 +471,9 @@ async def _merge_unique(
         return [], none_existed  # nothing to join them to
     merged = [(r[EMAIL_NORMALIZED], r[ROW_NUMBER], r[EMAIL]) for r in records]
     emails, numbers = fast.column("email_normalized"), fast.column("row_number")
-    return merged + list(zip(emails, numbers, fast.column("email"), strict=True)), none_existed
+    merged += zip(emails, numbers, fast.column("email"), strict=True)
+    merged.sort(key=lambda row: row[1])  # in file order: so are the error rows of the joins
+    return merged, none_existed
 
 
 async def _merge_records(
@@ -500,13 +498,14 @@ async def _merge_records(
             outcome.counts["unchanged"] += 1
         else:
             rest.append(r)
-    if not await _copy_new(conn, job, new, concat([]), outcome):
+    copied = await _copy_new(conn, job, new, concat([]), outcome)
+    if not copied:
         outcome.counts["unchanged"] -= len(records) - len(new) - len(rest)
         rest = records
     rest.sort(key=lambda r: r[EMAIL_NORMALIZED])
     counts = await contact_queries.merge_rows(conn, job.project_id, [r[3:10] for r in rest], mode)
     _count(outcome, *counts)
-    return not existing
+    return copied and not existing
 
 
 async def _copy_new(
