@@ -1,13 +1,14 @@
 """The import's fast path: SPEC §6's rules applied a column at a time, by Arrow.
 
-A block of records with no quote, no control character (but its line ends), no whitespace that
-``str.strip()`` removes besides the space, no blank line, no byte that was not UTF-8, and the
-header's number of fields on every line is what ``csv.reader`` would split on the delimiter
-alone. Such a block (``simple_block``) is parsed by Arrow's CSV reader, and its rows are
-validated column by column; its new contacts go to ``COPY`` as CSV text without a Python object
-per row. A row whose email has an unusual shape, or with a value past its limit, is handed back
-as a ``ParsedRow`` for the row-by-row rules of ``csvimport``; what comes out is the same, row
-for row, as if every row had gone that way (tests/unit/test_csvcolumns.py compares them)."""
+A block of records with no control character (but its line ends), no whitespace that
+``str.strip()`` removes besides the space, no byte that was not UTF-8, no blank line, one record
+a line and the header's number of fields on every line is one that Arrow's CSV reader reads as
+``csv.reader`` does, quoted fields (doubled quotes, delimiters inside) included: such a block
+(``simple_block``) is parsed by Arrow, and its rows are validated column by column; its new
+contacts go to ``COPY`` as CSV text without a Python object per row. A row whose email has an
+unusual shape, or with a value past its limit, is handed back as a ``ParsedRow`` for the
+row-by-row rules of ``csvimport``; what comes out is the same, row for row, as if every row had
+gone that way (tests/unit/test_csvcolumns.py compares them)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ if TYPE_CHECKING:
 _OTHER_WHITESPACE = (
     "\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 )
+# a simple block's only whitespace (a tab only where it is the delimiter, inside quotes)
+_WHITESPACE = " \t"
+# what a simple block's value may hold that JSON text must escape (the other control
+# characters are refused)
+_JSON_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\t", "\\t"))
 # the common shape of an address, as validation._COMMON (which the tests compare it with)
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 COMMON_EMAIL = (
@@ -67,11 +73,11 @@ _give_memory_back()
 
 @cache
 def _refused(delimiter: str) -> re.Pattern[str]:
-    """A character that makes a block go row by row: a quote, a control character but the
-    line ends (and the tab unless it is the delimiter), other whitespace, or a lone surrogate
-    (bytes that were not UTF-8)."""
+    """A character that makes a block go row by row: a control character but the line ends
+    (and the tab unless it is the delimiter), other whitespace, or a lone surrogate (bytes that
+    were not UTF-8)."""
     tab = "" if delimiter == "\t" else "\t"
-    return re.compile(f'["\x00-\x08\x0e-\x1f{tab}{_OTHER_WHITESPACE}\ud800-\udfff]')
+    return re.compile(f"[\x00-\x08\x0e-\x1f{tab}{_OTHER_WHITESPACE}\ud800-\udfff]")
 
 
 @cache
@@ -84,17 +90,19 @@ def _allowed_ascii(delimiter: str) -> bytes:
 
 @cache
 def _blank_line(delimiter: str) -> re.Pattern[str]:
-    """A line of nothing but spaces and delimiters (csv's blank line), after the first."""
-    return re.compile(rf"\n[ {re.escape(delimiter)}]*\r?\n")
+    """A line of nothing but spaces, delimiters and quoted spaces (csv's blank line), after
+    the first; a quoted field of doubled quotes may look like one (the block then goes row
+    by row, as it may)."""
+    return re.compile(rf'\n(?:[ {re.escape(delimiter)}]|" *")*\r?\n')
 
 
 def simple_block(text: str, delimiter: str, columns: int) -> bool:
-    """Whether csv would read ``text`` (whole records) as lines split on the delimiter:
-    each line has the header's number of fields, and none is blank."""
-    if not text.endswith("\n") or text.count(delimiter) != text.count("\n") * (columns - 1):
+    """Whether csv would read ``text`` (whole records) as Arrow does: see the module's
+    docstring. A block with quotes is told by read_block (a quoted line end, a short line)."""
+    if not text.endswith("\n") or text.startswith("\ufeff"):  # Arrow drops a leading BOM
         return False
-    if text.startswith("\ufeff"):
-        return False  # Arrow would drop it as a byte order mark; csv keeps it in the value
+    if '"' not in text and text.count(delimiter) != text.count("\n") * (columns - 1):
+        return False
     if "\r" in text and text.count("\r") != text.count("\r\n"):
         return False  # a carriage return that does not end a line ends a record for csv
     if text.isascii():
@@ -122,8 +130,10 @@ def read_block(
     text: str, delimiter: str, columns: int, first_number: int, only: int | None = None
 ) -> Block | None:
     """A simple block read by Arrow (just column ``only`` if given); None if a line has
-    another number of fields than the header (as a block with as many delimiters can)."""
+    another number of fields than the header, or a quoted value holds a line end (a record
+    over several lines, whose value JSON and the row numbers would take otherwise)."""
     names = [f"c{i}" for i in range(columns)]
+    quoted = '"' in text
     try:
         table = pacsv.read_csv(
             pa.py_buffer(text.encode()),
@@ -132,18 +142,22 @@ def read_block(
             ),
             parse_options=pacsv.ParseOptions(
                 delimiter=delimiter,
-                quote_char=False,
+                quote_char='"' if quoted else False,
+                double_quote=True,
                 escape_char=False,
-                newlines_in_values=False,
+                newlines_in_values=quoted,
                 ignore_empty_lines=False,
             ),
             convert_options=pacsv.ConvertOptions(
                 column_types=dict.fromkeys(names, pa.string()),
                 strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
                 include_columns=None if only is None else [names[only]],
             ),
         )
     except pa.ArrowInvalid:
+        return None
+    if quoted and table.num_rows != text.count("\n"):
         return None
     return Block(first_number, table)
 
@@ -196,7 +210,7 @@ def columns_of(header: Header, block: Block) -> Columns:
     values trimmed, email lower-cased for its identity, blank fields left out)."""
     table = block.table
     raw = [table.column(i) for i in range(table.num_columns)]
-    values = [pc.utf8_trim(column, " ") for column in raw]  # a simple block's only whitespace
+    values = [pc.utf8_trim(column, _WHITESPACE) for column in raw]
     email = values[header.email_index]
     normalized = pc.ascii_lower(email)  # str.lower() where the shape below holds (ASCII)
     fast = _all(
@@ -226,7 +240,7 @@ def block_email_keys(block: Block) -> Any:
     """The email key (csvimport.email_key: trimmed, lower-cased) of each row of a block read
     with its email column only: an Arrow array, or a list where a key is not ASCII (whose
     lower case is Python's own)."""
-    keys = pc.utf8_trim(block.table.column(0), " ")
+    keys = pc.utf8_trim(block.table.column(0), _WHITESPACE)
     if pc.all(pc.string_is_ascii(keys)).as_py() is not False:
         return pc.ascii_lower(keys)
     return [key.lower() for key in keys.to_pylist()]
@@ -248,7 +262,9 @@ def _data(header: Header, values: list[Any]) -> Any:
     pieces = []
     for index, column in header.custom:
         value = values[index]
-        escaped = pc.replace_substring(pc.replace_substring(value, "\\", "\\\\"), '"', '\\"')
+        escaped = value
+        for char, escape in _JSON_ESCAPES:
+            escaped = pc.replace_substring(escaped, char, escape)
         piece = pc.binary_join_element_wise(f",{json.dumps(column)}:" + '"', escaped, '"', "")
         pieces.append(pc.if_else(pc.equal(value, ""), "", piece))
     if not pieces:

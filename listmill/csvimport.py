@@ -243,7 +243,9 @@ class CsvReader:
     def finish(self) -> Iterator[ParsedRow | Block]:
         text = self._decoder.decode(b"", final=True)
         last: ParsedRow | Block | None = None
-        for row in self._rows(self._splitter.feed(text) + self._splitter.finish()):
+        rest = self._splitter.feed(text) + self._splitter.finish()
+        # a quote never closed: csv's rows, which tell it (Arrow would close it at the end)
+        for row in self._rows(rest, simple=self.simple and not self._splitter.unterminated):
             if last is not None:
                 yield last
             last = row
@@ -252,18 +254,19 @@ class CsvReader:
         if last is not None:
             yield last
 
-    def _rows(self, block: str) -> Iterator[ParsedRow | Block]:
+    def _rows(self, block: str, simple: bool | None = None) -> Iterator[ParsedRow | Block]:
         if not block:
             return
-        if not self._header_skipped and self.simple:
+        simple = self.simple if simple is None else simple
+        if not self._header_skipped and simple:
             header_end = block.find("\n") + 1
             line = block[:header_end].removesuffix("\n").removesuffix("\r")
             if header_end and '"' not in line and "\r" not in line:  # where csv ends it too
                 block, self._header_skipped = block[header_end:], True
-        if self._header_skipped and self.simple:
-            simple = self._block(block)
-            if simple is not None:
-                yield simple
+        if self._header_skipped and simple:
+            read = self._block(block)
+            if read is not None:
+                yield read
                 return
         yield from self._parsed_rows(block)
 

@@ -12,7 +12,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from listmill.csvcolumns import COMMON_EMAIL, Block, columns_of, concat, simple_block
+from listmill.csvcolumns import (
+    COMMON_EMAIL,
+    Block,
+    columns_of,
+    concat,
+    read_block,
+    simple_block,
+)
 from listmill.csvimport import (
     CsvReader,
     ParsedRow,
@@ -41,7 +48,7 @@ def _slow(header: Any, row: ParsedRow) -> Outcome:
 
 def outcomes(data: bytes, simple: bool, chunk: int) -> tuple[list[Outcome], int]:
     """Each row's outcome in file order, and how many rows took the fast path."""
-    header = read_header(data[:4096])
+    header = read_header(data[: data.index(b"\n") + 1])
     reader = CsvReader(header, simple=simple)
     items: list[ParsedRow | Block] = []
     for start in range(0, len(data), chunk):
@@ -83,33 +90,54 @@ VALUES = [
 ]  # fmt: skip
 
 
-def make_file(rng: random.Random, rows: int, delimiter: str, crlf: bool, nasty: bool) -> bytes:
+def _quoted(value: str, rng: random.Random, quoting: str) -> str:
+    """The field as an export writes it: quoted throughout, quoted now and then, or never."""
+    if quoting == "all" or (quoting == "some" and rng.random() < 0.3):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def make_file(
+    rng: random.Random, rows: int, delimiter: str, crlf: bool, nasty: bool, quoting: str = "none"
+) -> bytes:
     columns = ["Email Address", "First Name", "Last Name", "Country", "Plan", "Notes", ""]
     rng.shuffle(columns)
     width = len(columns)
     newline = "\r\n" if crlf else "\n"
     lines = [delimiter.join(columns)]
+    quoted_values = [f"with{delimiter} delimiter", 'a "quoted" word', '""', " ", 'x"']
     for _ in range(rows):
         values = [rng.choice(VALUES) for _ in range(width)]
         values[columns.index("Email Address")] = rng.choice(EMAILS)
-        values = [v.replace(delimiter, "") for v in values]
+        if quoting == "none":
+            values = [v.replace(delimiter, "") for v in values]
+        else:  # quoted fields hold delimiters, quotes, line ends now and then
+            values = [rng.choice(quoted_values) if rng.random() < 0.1 else v for v in values]
+            if rng.random() < 0.01:
+                values[-1] = rng.choice(["two\nlines", "cr\r\nlf"])
+            values = [_quoted(v, rng, quoting) if '"' not in v or quoting != "none" else v
+                      for v in values]  # fmt: skip
         if nasty and rng.random() < 0.05:  # ragged rows, blank lines, quotes, a stray CR, NUL
             values = rng.choice(
                 [values[:-2], [*values, "extra"], [""] * width, ['"q, d"', *values[1:]]]
             )
             if rng.random() < 0.2:
-                values[-1] += rng.choice(["\r", "\x00", "\x1f", "\xa0"])
+                values[-1] += rng.choice(["\r", "\x00", "\x1f", "\xa0", '"', 'b"c'])
         lines.append(delimiter.join(values))
         if nasty and rng.random() < 0.02:
-            lines.append("")
-    return (newline.join(lines) + newline).encode() + (b"\xff\xfe" if nasty else b"")
+            lines.append(rng.choice(["", '""', delimiter.join(['""'] * width), ' "" ']))
+    if nasty and quoting != "none":  # a quote never closed: the rest of the file is in it
+        lines.append(delimiter.join(["a@example.com", *[""] * (width - 2), '"never closed']))
+    undecodable = b"\xff\xfe" if nasty and quoting == "none" else b""
+    return (newline.join(lines) + newline).encode() + undecodable
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(24))
 def test_fast_path_gives_the_rows_row_by_row_gives(seed: int) -> None:
     rng = random.Random(seed)
     delimiter = [",", ";", "\t"][seed % 3]
-    data = make_file(rng, 400, delimiter, crlf=seed % 2 == 1, nasty=seed % 4 >= 2)
+    quoting = ["none", "all", "some"][seed // 8]
+    data = make_file(rng, 400, delimiter, crlf=seed % 2 == 1, nasty=seed % 4 >= 2, quoting=quoting)
     expected, none_fast = outcomes(data, simple=False, chunk=len(data))
     assert none_fast == 0
     fast_rows = {}
@@ -167,7 +195,7 @@ def test_the_whitespace_a_simple_block_refuses_is_what_strip_removes() -> None:
 
 
 NOT_SIMPLE = [
-    'a,"b"\n', "a,b\rc,d\n", "a,b\n\nc,d\n", "a,b\n , \n", "a,b,c\n", "a,b", "a\x00,b\n",
+    "a,b\rc,d\n", "a,b\n\nc,d\n", "a,b\n , \n", "a,b,c\n", "a,b", "a\x00,b\n",
     "\ufeffa,b\n",
 ]  # fmt: skip
 
@@ -175,6 +203,19 @@ NOT_SIMPLE = [
 @pytest.mark.parametrize("text", NOT_SIMPLE)
 def test_blocks_csv_would_read_otherwise_are_not_simple(text: str) -> None:
     assert not simple_block(text, ",", 2)
+
+
+@pytest.mark.parametrize("text", ['a,"b\nc"\n', '"a","b","c"\n', '"a"\n', 'a,"b"\n"c\n"\n'])
+def test_quoted_blocks_arrow_would_read_otherwise_are_refused(text: str) -> None:
+    """A record over two lines, or a line of another number of fields."""
+    assert read_block(text, ",", 2, 2) is None
+
+
+def test_a_quoted_block_reads_as_csv_reads_it() -> None:
+    block = read_block('"a,b","c ""d"""\n"",x\n', ",", 2, 2)
+    assert block is not None and block.table.to_pylist() == [
+        {"c0": "a,b", "c1": 'c "d"'}, {"c0": "", "c1": "x"}
+    ]  # fmt: skip
 
 
 def test_common_email_shape_is_the_validation_one() -> None:
