@@ -90,10 +90,10 @@ def _allowed_ascii(delimiter: str) -> bytes:
 
 @cache
 def _blank_line(delimiter: str) -> re.Pattern[str]:
-    """A line of nothing but spaces, delimiters and quoted spaces (csv's blank line), after
-    the first; a quoted field of doubled quotes may look like one (the block then goes row
-    by row, as it may)."""
-    return re.compile(rf'\n(?:[ {re.escape(delimiter)}]|" *")*\r?\n')
+    """A line of nothing but spaces, delimiters and quoted spaces or tabs (csv's blank
+    line), after the first; a quoted field of doubled quotes may look like one (the block
+    then goes row by row, as it may)."""
+    return re.compile(rf'\n(?:[ {re.escape(delimiter)}]|"[ \t]*")*\r?\n')
 
 
 def simple_block(text: str, delimiter: str, columns: int) -> bool:

@@ -158,9 +158,11 @@ def test_fast_path_gives_the_rows_row_by_row_gives(seed: int) -> None:
         b"email,first_name\r\nann@example.com,Ann\r\nbad,X\r\n",
         b'"email","first name"\nann@example.com,Ann\nbad,X\n',
         b"\xef\xbb\xbfemail;Vorname\nann@example.com;\xc3\x84nn\n\nbad;X\n",
+        b'email\tx\nann@example.com\tA\n"\t"\t""\nbob@example.com\tB\n',  # a blank line
+        b'email\tx\r\n" \t "\t\r\nann@example.com\tA\r\n',
     ],
 )
-def test_the_header_line_ends_where_csv_ends_it(data: bytes) -> None:
+def test_odd_headers_and_blank_lines_read_as_csv_reads_them(data: bytes) -> None:
     for chunk in (5, 20, len(data)):
         assert outcomes(data, simple=True, chunk=chunk)[0] == outcomes(data, False, len(data))[0]
 
