@@ -118,8 +118,8 @@ async def serve(settings: Settings) -> None:
 
 def _tune_gc() -> None:
     """Fewer full collections. A full one walks every object the process holds, and an import
-    holds some 200,000 (three batches of rows): with Python's thresholds a 1,000,000-row import
-    ran about 100 of them, 7 of its 22 seconds (bench/import_throughput.py, 14 s with these).
+    holds some 200,000 (its batches of rows): with Python's thresholds a 1,000,000-row import
+    ran about 100 of them, 7 of its 22 seconds (bench/import_throughput.py; 15 s with these).
     Young objects are collected as often as before, so cycles of tasks and frames still go;
     the objects made at start are set aside for good."""
     gc.freeze()
