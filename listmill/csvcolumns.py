@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from listmill.db import dumps
 from listmill.validation import MAX_EMAIL_LENGTH, MAX_FIELD_LENGTH, SPECIAL_TLDS
 
 CONTACT_FIELDS = ("first_name", "last_name", "country", "time_zone")
@@ -317,6 +318,18 @@ class Contacts:
             write_options=pacsv.WriteOptions(include_header=False),
         )
         return out.getvalue()
+
+
+def contacts_of(rows: Sequence[Sequence[Any]]) -> Contacts:
+    """Rows parsed one by one, as Contacts.rows gives them: (position, row_number, email,
+    email_normalized, first_name, last_name, country, time_zone, data as a dict)."""
+    position, row_number, *values, data = list(zip(*rows, strict=True)) or [()] * 9
+    texts = zip(CONTACT_COLUMNS[:-1], values, strict=True)  # all but data
+    arrays = {name: pa.array(column, pa.string()) for name, column in texts}
+    arrays["data"] = pa.array([dumps(d).decode() for d in data], pa.string())
+    arrays["position"] = pa.array(position, pa.int64())
+    arrays["row_number"] = pa.array(row_number, pa.int64())
+    return Contacts(pa.table(arrays))
 
 
 def concat(parts: list[Contacts]) -> Contacts:

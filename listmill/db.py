@@ -23,10 +23,10 @@ _LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
 
 def _encode_jsonb(value: Any) -> bytes:
-    return JSONB_VERSION + _dumps(value)
+    return JSONB_VERSION + dumps(value)
 
 
-def _dumps(value: Any) -> bytes:
+def dumps(value: Any) -> bytes:
     """JSON text: orjson (five times faster than json, which an import's million custom-data
     values feel), or json where orjson refuses (an integer past 64 bits, say)."""
     try:
@@ -48,7 +48,7 @@ def _loads(text: bytes) -> Any:
 
 
 def _encode_json(value: Any) -> bytes:
-    return _dumps(value)
+    return dumps(value)
 
 
 async def _init_connection(conn: Connection) -> None:

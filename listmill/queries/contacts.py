@@ -392,18 +392,10 @@ NEW_COLUMNS = (
 )  # fmt: skip
 
 
-async def copy_new(conn: Connection, project_id: int, rows: list[Sequence[Any]]) -> None:
-    """COPY new contacts in, as (email, email_normalized, first_name, last_name, country,
-    time_zone, data): the fastest way in, for an import's new emails (sorted by email, an
-    index fills fastest). Raises UniqueViolationError if one of them exists after all."""
-    if rows:
-        records = [(project_id, *row) for row in rows]
-        await conn.copy_records_to_table("contacts", records=records, columns=NEW_COLUMNS)
-
-
 async def copy_new_text(conn: Connection, text: bytes) -> None:
-    """copy_new for rows given as COPY's CSV text, in the order of NEW_COLUMNS (an import's
-    fast rows, csvcolumns.Contacts.copy_text)."""
+    """COPY new contacts in, given as COPY's CSV text in the order of NEW_COLUMNS (an import's
+    rows, csvcolumns.Contacts.copy_text, sorted by email: an index fills fastest so). Raises
+    UniqueViolationError if one of them exists after all."""
     if text:
         await conn.copy_to_table("contacts", source=_whole(text), columns=NEW_COLUMNS, format="csv")
 

@@ -17,6 +17,7 @@ from listmill.csvcolumns import (
     Block,
     columns_of,
     concat,
+    contacts_of,
     read_block,
     simple_block,
 )
@@ -240,4 +241,9 @@ def test_copy_text_is_csv_of_the_contacts_sorted_by_email() -> None:
         '7,"a@example.com","a@example.com",,,,,"{}"',
         '7,"B@example.com","b@example.com","Bo",,,,"{""Plan"":""pro""}"',
     ]
+    # rows parsed one by one become the same columns, and COPY text, as these
+    again = contacts_of(list(contacts.rows()))
+    assert list(again.rows()) == list(contacts.rows())
+    assert again.copy_text(7) == contacts.copy_text(7)
+    assert len(concat([contacts, again])) == 4
     assert orjson.loads('{"Plan":"pro"}') == {"Plan": "pro"}
