@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -135,13 +135,6 @@ _STAGED = """
 """
 STAGED_INPUT = _STAGED.format(which="position > $3 AND position <= $4 AND key_hash IS NULL")
 HELD_INPUT = _STAGED.format(which="key_hash = ANY($3::bigint[])")
-# Rows as parallel arrays ($2 to $8), one per column, emails unique: an import's batch.
-ARRAY_INPUT = """
-    SELECT r.*, 'subscribed'::text AS status
-    FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                $8::jsonb[])
-         AS r(email, email_normalized, first_name, last_name, country, time_zone, data)
-"""
 _SETS = {
     "upsert": {
         **{f: f"COALESCE(EXCLUDED.{f}, c.{f})" for f in FIELDS},
@@ -154,23 +147,6 @@ _SETS = {
         "status": "c.status",
     },
 }
-
-
-def merge_changes_nothing(mode: str, current: Any, given: Sequence[Any]) -> bool:
-    """Whether merging ``given`` (first_name, last_name, country, time_zone, data) into a
-    contact whose columns are ``current`` would surely change nothing, by the rules of
-    _SETS: an import skips such rows before the merge. False when unsure (the merge then
-    decides): a custom value of another JSON type than the text given, say."""
-    *values, data = given
-    fields = [current[f] for f in FIELDS]
-    known = current["data"]
-    if mode == "upsert":
-        return all(v is None or v == c for v, c in zip(values, fields, strict=True)) and all(
-            known.get(k) == v for k, v in data.items()
-        )
-    return all(v is None or c is not None for v, c in zip(values, fields, strict=True)) and all(
-        k in known for k in data
-    )
 
 
 def _for_modes(template: str, **parts: str) -> dict[str, str]:
@@ -224,7 +200,6 @@ MERGE_BATCH = {
     for mode, sets in _SETS.items()
 }
 MERGE_STAGED = _counted(STAGED_INPUT)
-MERGE_ARRAYS = _counted(ARRAY_INPUT)
 MERGE_HELD = _counted(HELD_INPUT)
 
 
@@ -294,17 +269,11 @@ async def find_by_ids(conn: Connection, project_id: int, ids: list[int]) -> dict
 # With `= ANY` the worst plan is one pass over the project's rows, the usual one a probe of
 # the unique index per email.
 _BY_EMAILS = "FROM contacts c WHERE c.project_id = $1 AND c.email_normalized = ANY($2::text[])"
+
+
 # An import's lookup per batch, three times faster than `= ANY` (a nested loop, one probe of
 # the unique index per email; LIMIT 1 keeps it a loop), but only while the statistics know
 # the project: the import sees to that (keep_statistics) before each of its batches.
-_EACH_EMAIL = """
-    FROM unnest($2::text[]) AS given(email), LATERAL (
-        SELECT * FROM contacts
-        WHERE project_id = $1 AND email_normalized = given.email
-        LIMIT 1
-    ) c"""
-
-
 async def find_by_emails(
     conn: Connection, project_id: int, emails_normalized: list[str]
 ) -> dict[str, tuple[int, str]]:
@@ -369,23 +338,6 @@ async def merge_held(
     return _counts(row)
 
 
-async def existing_contacts(
-    conn: Connection, project_id: int, emails_normalized: list[str]
-) -> dict[str, asyncpg.Record]:
-    """The project's contacts among these emails, with the columns a merge compares:
-    email_normalized -> (first_name, last_name, country, time_zone, data)."""
-    rows = await fetch_planned(
-        conn,
-        f"""
-        SELECT c.email_normalized, c.first_name, c.last_name, c.country, c.time_zone, c.data
-        {_EACH_EMAIL}
-        """,
-        project_id,
-        emails_normalized,
-    )
-    return {r["email_normalized"]: r for r in rows}
-
-
 NEW_COLUMNS = (
     "project_id", "email", "email_normalized", "first_name", "last_name", "country", "time_zone",
     "data",
@@ -416,18 +368,6 @@ async def merge_text(conn: Connection, project_id: int, text: bytes, mode: str) 
     await conn.copy_to_table("import_batch", source=_whole(text), columns=NEW_COLUMNS, format="csv")
     [row] = await fetch_planned(conn, MERGE_BATCH[mode], project_id)
     return int(row["created"]), int(row["changed"])
-
-
-async def merge_rows(
-    conn: Connection, project_id: int, rows: list[Sequence[Any]], mode: str
-) -> tuple[int, int, int]:
-    """``merge_contacts`` for rows of (email, email_normalized, first_name, last_name, country,
-    time_zone, data), each email once; (rows, contacts created, contacts changed)."""
-    if not rows:
-        return 0, 0, 0
-    columns = [list(column) for column in zip(*rows, strict=True)]
-    [row] = await conn.fetch(MERGE_ARRAYS[mode], project_id, *columns)
-    return _counts(row)
 
 
 def _counts(row: asyncpg.Record) -> tuple[int, int, int]:

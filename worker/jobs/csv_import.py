@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 # where a staged record (imports.STAGED_COLUMNS) holds these
-ROW_NUMBER, EMAIL, EMAIL_NORMALIZED, KEY_HASH = 2, 3, 4, 11
+EMAIL_NORMALIZED, KEY_HASH = 4, 11
 Record = tuple[Any, ...]
 YIELD_EVERY_ROWS = 1000  # ~8 ms of parsing: how long the event loop may be held
 
@@ -454,75 +454,40 @@ async def _merge_unique(
     conn: Connection, job: JobRow, batch: _Batch, all_new: bool
 ) -> tuple[list[tuple[str, int, str]], bool]:
     """Merge the batch's rows whose email no other row has; their (email_normalized,
-    row_number, email) if they are to be joined to anything, and whether all of them were new
-    contacts. With ``all_new`` (the batch before had no existing contact either) they are
-    COPYed straight into contacts, in email order, and merged as below only if one of them
-    exists. The fast rows are merged from a temporary table, in which Postgres tells the new
-    and changed ones; the others are looked up and compared here (_merge_records). A mirror
-    import's rows are staged already, and merged from there."""
-    records, outcome, mode = batch.unique, batch.outcome, _mode(job)
-    fast, none_existed = concat(batch.fast), True
+    row_number, email) in file order if they are to be joined to anything, and whether all
+    of them were new contacts. The rows parsed one by one join the fast ones as columns.
+    With ``all_new`` (the batch before had no existing contact either) they are COPYed
+    straight into contacts, in email order; otherwise, or if that COPY meets an existing
+    contact, they are merged from a temporary table, in which Postgres tells the new and the
+    changed ones. A mirror import's rows are staged already, and merged from there."""
+    outcome, mode = batch.outcome, _mode(job)
+    rows = concat(batch.fast)
+    if batch.unique:
+        rows = concat([rows, contacts_of([r[1:10] for r in batch.unique])])
+    none_existed = True
     if job.params["mode"] == "mirror":
         counts = await contact_queries.merge_staged(
             conn, job.project_id, job.id, batch.after, batch.upto, mode
         )
         _count(outcome, *counts)
-    elif (records or fast) and not (all_new and await _copy_new(conn, job, records, fast, outcome)):
-        none_existed = await _merge_records(conn, job, records, outcome)
-        if fast:
-            created, changed = await contact_queries.merge_text(
-                conn, job.project_id, fast.copy_text(job.project_id), mode
-            )
-            _count(outcome, len(fast), created, changed)
-            none_existed = none_existed and created == len(fast)
+    elif rows and not (all_new and await _copy_new(conn, job, rows, outcome)):
+        created, changed = await contact_queries.merge_text(
+            conn, job.project_id, rows.copy_text(job.project_id), mode
+        )
+        _count(outcome, len(rows), created, changed)
+        none_existed = created == len(rows)
     if job.params.get("list_id") is None and not job.params["resubscribe"]:
         return [], none_existed  # nothing to join them to
-    merged = [(r[EMAIL_NORMALIZED], r[ROW_NUMBER], r[EMAIL]) for r in records]
-    emails, numbers = fast.column("email_normalized"), fast.column("row_number")
-    merged += zip(emails, numbers, fast.column("email"), strict=True)
+    emails, numbers = rows.column("email_normalized"), rows.column("row_number")
+    merged = list(zip(emails, numbers, rows.column("email"), strict=True))
     merged.sort(key=lambda row: row[1])  # in file order: so are the error rows of the joins
     return merged, none_existed
 
 
-async def _merge_records(
-    conn: Connection, job: JobRow, records: list[Record], outcome: BatchOutcome
-) -> bool:
-    """Merge rows given as records: the new contacts among them are COPYed in, the others
-    merged (sent as arrays) unless they would change nothing, and all of them are if someone
-    else inserted one of the new emails meanwhile (the COPY fails on it); whether none of
-    them existed."""
-    if not records:
-        return True
-    mode = _mode(job)
-    existing = await contact_queries.existing_contacts(
-        conn, job.project_id, [r[EMAIL_NORMALIZED] for r in records]
-    )
-    new, rest = [], []
-    for r in records:
-        current = existing.get(r[EMAIL_NORMALIZED])
-        if current is None:
-            new.append(r)
-        elif contact_queries.merge_changes_nothing(mode, current, r[5:10]):
-            outcome.counts["unchanged"] += 1
-        else:
-            rest.append(r)
-    copied = await _copy_new(conn, job, new, concat([]), outcome)
-    if not copied:
-        outcome.counts["unchanged"] -= len(records) - len(new) - len(rest)
-        rest = records
-    rest.sort(key=lambda r: r[EMAIL_NORMALIZED])
-    counts = await contact_queries.merge_rows(conn, job.project_id, [r[3:10] for r in rest], mode)
-    _count(outcome, *counts)
-    return copied and not existing
-
-
-async def _copy_new(
-    conn: Connection, job: JobRow, records: list[Record], fast: Contacts, outcome: BatchOutcome
-) -> bool:
+async def _copy_new(conn: Connection, job: JobRow, rows: Contacts, outcome: BatchOutcome) -> bool:
     """COPY these rows in as new contacts, in one COPY in email order (so two imports of one
     project insert in the same order, and never wait for each other the other way round),
     and count them created; False, and nothing written or counted, if one of them exists."""
-    rows = fast if not records else concat([fast, contacts_of([r[1:10] for r in records])])
     try:
         async with conn.transaction():  # a savepoint: a failed COPY leaves nothing
             await contact_queries.copy_new_text(conn, rows.copy_text(job.project_id))
