@@ -82,14 +82,6 @@ def _refused(delimiter: str) -> re.Pattern[str]:
 
 
 @cache
-def _allowed_ascii(delimiter: str) -> bytes:
-    """The ASCII bytes _refused lets through: deleted from an ASCII block, nothing is left
-    unless the block has a refused one (ten times faster than searching with the pattern)."""
-    refused = _refused(delimiter)
-    return bytes(b for b in range(128) if not refused.match(chr(b)))
-
-
-@cache
 def _blank_line(delimiter: str) -> re.Pattern[str]:
     """A line of nothing but spaces, delimiters and quoted spaces or tabs (csv's blank
     line), after the first; a quoted field of doubled quotes may look like one (the block
@@ -102,17 +94,48 @@ def simple_block(text: str, delimiter: str, columns: int) -> bool:
     docstring. A block with quotes is told by read_block (a quoted line end, a short line)."""
     if not text.endswith("\n") or text.startswith("\ufeff"):  # Arrow drops a leading BOM
         return False
+    if text.isascii():
+        return _simple_ascii(np.frombuffer(text.encode(), dtype=np.uint8), delimiter, columns)
+    return _simple_text(text, delimiter, columns)
+
+
+def _simple_text(text: str, delimiter: str, columns: int) -> bool:
     if '"' not in text and text.count(delimiter) != text.count("\n") * (columns - 1):
         return False
     if "\r" in text and text.count("\r") != text.count("\r\n"):
         return False  # a carriage return that does not end a line ends a record for csv
-    if text.isascii():
-        if text.encode().translate(None, _allowed_ascii(delimiter)):
-            return False
-    elif _refused(delimiter).search(text):
+    if _refused(delimiter).search(text):
         return False
+    return not _has_blank_line(text, delimiter)
+
+
+def _simple_ascii(block: np.ndarray[Any, Any], delimiter: str, columns: int) -> bool:
+    """simple_block for an ASCII block, from counts of its bytes (in less than half the time)."""
+
+    def count(char: str) -> int:
+        return int(np.count_nonzero(block == ord(char)))
+
+    ends = block == ord("\n")
+    lines, returns, quoted = int(np.count_nonzero(ends)), count("\r"), count('"') > 0
+    if not quoted and count(delimiter) != lines * (columns - 1):
+        return False
+    if returns and returns != int(np.count_nonzero(block[1:][block[:-1] == ord("\r")] == 10)):
+        return False  # a carriage return that does not end a line ends a record for csv
+    # the ASCII characters _refused matches are the control ones but these (tests check it)
+    allowed = lines + returns + (count("\t") if delimiter == "\t" else 0)
+    if int(np.count_nonzero(block < 0x20)) != allowed:
+        return False
+    # a blank line begins with one of these: else there is none, and no need to look
+    starts = block[1:][ends[:-1]]
+    begins = np.frombuffer(f' "\r\n{delimiter}'.encode(), dtype=np.uint8)
+    if not np.isin(starts, begins).any() and not np.isin(block[:1], begins).any():
+        return True
+    return not _has_blank_line(block.tobytes().decode("ascii"), delimiter)
+
+
+def _has_blank_line(text: str, delimiter: str) -> bool:
     blank = _blank_line(delimiter)
-    return not (blank.search(text) or blank.match("\n" + text))
+    return bool(blank.search(text) or blank.match("\n" + text))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import random
 import sys
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -15,6 +16,8 @@ import pytest
 from listmill.csvcolumns import (
     COMMON_EMAIL,
     Block,
+    _simple_ascii,
+    _simple_text,
     columns_of,
     concat,
     contacts_of,
@@ -195,6 +198,26 @@ def test_the_whitespace_a_simple_block_refuses_is_what_strip_removes() -> None:
             assert not simple_block(f"a{char}b,c\n", ",", 2), hex(code)
     assert simple_block("a b,c\r\n", ",", 2)
     assert simple_block("a\tb\n", "\t", 2)
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"])
+def test_an_ascii_block_is_told_from_its_byte_counts_as_from_its_text(delimiter: str) -> None:
+    """_simple_ascii (counts of bytes) against _simple_text (the patterns), which also takes
+    the blocks that are not ASCII: every ASCII character in a value, then random blocks."""
+    for code in range(128):
+        for text in (f"a{chr(code)}b{delimiter}c\n", f"{chr(code)}{delimiter}c\r\n"):
+            block = np.frombuffer(text.encode(), dtype=np.uint8)
+            expected = _simple_text(text, delimiter, 2)
+            assert _simple_ascii(block, delimiter, 2) == expected, (hex(code), text)
+    rng = random.Random(3)
+    alphabet = ["a", "b", " ", "\t", '"', "\r", "\n", "\r\n", "\x00", "\x0b", delimiter * 2]
+    alphabet += [delimiter] * 4 + ["\n"] * 3
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14))) + "\n"
+        block = np.frombuffer(text.encode(), dtype=np.uint8)
+        for columns in (1, 2, 3):
+            expected = _simple_text(text, delimiter, columns)
+            assert _simple_ascii(block, delimiter, columns) == expected, (text, columns)
 
 
 NOT_SIMPLE = [
