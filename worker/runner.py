@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -140,18 +141,113 @@ async def _run_plan(
                 conn, lease, job.checkpoint, prepared.outcome, settings, total=job.total
             )
         progress.started = time.monotonic()  # the rate counts batches, not the preparation
-    position, total, batch_size = job.checkpoint, job.total or 0, plan.batch_size(settings)
-    while position < total:
-        if heart.done():
-            raise LeaseLost()
-        upto = min(position + batch_size, total)
-        async with pool.acquire() as conn, conn.transaction():
-            outcome = await plan.apply_range(conn, job, position, upto)
-            cancel = await progress.commit(conn, lease, upto, outcome, settings)
-        position = upto
-        log.debug("batch_committed", checkpoint=position, **outcome.counts)
-        if cancel:
+    await _Batches(plan, job, lease, pool, settings, progress).write(heart)
+
+
+class _BatchAbandoned(Exception):
+    """The batch before this one was not committed: this one is rolled back unfinished."""
+
+
+@dataclass
+class _Turn:
+    """How a batch's transaction ended, for the batch after it: ``cancel`` is None until it
+    committed (the client's cancel flag then), and stays None if it was rolled back."""
+
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel: bool | None = None
+
+    async def committed(self) -> None:
+        """Wait for the batch's end; raise unless it committed and no cancel was asked."""
+        await self.ended.wait()
+        if self.cancel is None:
+            raise _BatchAbandoned()
+        if self.cancel:
             raise JobCancelled()
+
+
+@dataclass
+class _Batches:
+    """The batches after the checkpoint, each in its own transaction. A plan with an overlap
+    has two batches written at a time: the next one starts once this one has taken its
+    items, and writes its ahead part meanwhile; the rest of each waits for the commit of the
+    one before, so batches commit in order and a checkpoint never passes an uncommitted
+    batch."""
+
+    plan: Plan
+    job: JobRow
+    lease: UUID
+    pool: Pool
+    settings: Settings
+    progress: _Progress
+
+    async def write(self, heart: asyncio.Task[None]) -> None:
+        job, plan = self.job, self.plan
+        position, total, batch_size = job.checkpoint, job.total or 0, plan.batch_size(self.settings)
+        depth = 1 if plan.overlap is None else 2
+        writing: deque[asyncio.Task[None]] = deque()
+        before: _Turn | None = None
+        try:
+            while position < total or writing:
+                if position < total and len(writing) < depth:
+                    if heart.done():
+                        raise LeaseLost()
+                    upto, turn, taken = min(position + batch_size, total), _Turn(), asyncio.Event()
+                    batch = self._batch(position, upto, before, turn, taken)
+                    writing.append(asyncio.create_task(batch))
+                    before, position = turn, upto
+                    if len(writing) < depth:  # the next may start once this one took its items
+                        await _first_of(writing[-1], taken)
+                        if writing[-1].done():  # it ended already: before any other starts
+                            await writing.popleft()
+                    continue
+                await writing.popleft()  # the oldest: it commits first, or raises first
+        except asyncio.CancelledError:  # the worker shuts down: the batches being written stop
+            for task in writing:
+                task.cancel()
+            raise
+        finally:  # a batch after one that raised ends at its wait for it, rolled back
+            await _settle(list(writing))
+
+    async def _batch(
+        self, after: int, upto: int, before: _Turn | None, turn: _Turn, taken: asyncio.Event
+    ) -> None:
+        plan, job = self.plan, self.job
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                if plan.overlap is not None:
+                    await plan.overlap.take(conn, job, after, upto)
+                    taken.set()
+                    await plan.overlap.write_ahead(conn, job, after, upto)
+                if before is not None:
+                    await before.committed()
+                outcome = await plan.apply_range(conn, job, after, upto)
+                cancel = await self.progress.commit(conn, self.lease, upto, outcome, self.settings)
+            turn.cancel = cancel
+            log.debug("batch_committed", checkpoint=upto, **outcome.counts)
+            if cancel:
+                raise JobCancelled()
+        finally:
+            taken.set()
+            turn.ended.set()
+
+
+async def _first_of(task: asyncio.Task[None], event: asyncio.Event) -> None:
+    """Wait until the event is set or the task ended."""
+    waiting = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait([task, waiting], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+
+
+async def _settle(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for batches that were started and will not commit; their errors follow from the
+    one raised."""
+    for done in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(done, BaseException) and not isinstance(
+            done, (_BatchAbandoned, JobCancelled, LeaseLost, asyncio.CancelledError)
+        ):
+            log.warning("batch_abandoned", error=repr(done))
 
 
 class _Progress:

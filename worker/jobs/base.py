@@ -52,9 +52,26 @@ Prepare = Callable[[Connection, JobRow, Settings, Pool], Awaitable[Prepared]]
 Cleanup = Callable[[Connection, JobRow, Settings], Awaitable[None]]
 
 
+# take / write_ahead(conn, job, after, upto) — in the batch's transaction, before apply_range
+BatchStep = Callable[[Connection, JobRow, int, int], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """A kind whose batch has a part that needs nothing the batch before it writes (an
+    import's merge of rows whose email no other row has). The engine writes two batches at
+    a time: ``take`` takes a batch's items, in batch order, and the next batch starts once it
+    returned; ``write_ahead`` writes that part meanwhile, beside the batch before; then
+    ``apply_range`` writes the rest once the batch before has committed."""
+
+    take: BatchStep
+    write_ahead: BatchStep
+
+
 @dataclass
 class Plan:
     apply_range: ApplyRange
+    overlap: Overlap | None = None
     prepare: Prepare | None = None
     cleanup: Cleanup | None = None
     close: Callable[[], Awaitable[None]] | None = None  # after this run's batches, however they end

@@ -1,15 +1,16 @@
 """import: a first pass over the stored file finds the emails that more than one row has (by
 a hash of each row's email key) and where the last of those rows is. Then a task parses the
-file into batches, one batch ahead of the batch being written, so that this process parses
-the next batch while Postgres writes the last one. Most blocks of a file are parsed and
-validated a column at a time (csvcolumns: "fast" rows), the others row by row (records).
-Each batch, in its one transaction:
-- COPYs its new contacts straight into contacts, in email order: at once while no batch has
-  met an existing contact, else after finding which rows are new; the fast rows are then
-  merged from a temporary table in which Postgres finds the new and the changed ones, the
-  records are looked up and compared here; a row that would change nothing is not written;
-- joins the rows to the list, if any;
-- stages its rows of a repeated email in import_rows ("held"), and once the last row of a
+file into batches, one batch ahead of the batches being written, so that this process parses
+while Postgres writes. Most blocks of a file are parsed and validated a column at a time
+(csvcolumns: "fast" rows), the others row by row (records), which then join the fast ones as
+columns. Each batch, in its one transaction:
+- merges its rows whose email no other row has (write_ahead): COPYs them straight into
+  contacts, in email order, while no batch has met an existing contact; else, or if that COPY
+  meets one, merges them from a temporary table in which Postgres finds the new and the
+  changed ones; a row that would change nothing is not written. No other batch has these
+  contacts, so the engine runs this beside the batch before (two batches at a time);
+- then, once the batch before has committed (apply_range): joins the rows to the list, if
+  any; stages its rows of a repeated email in import_rows ("held"), and once the last row of a
   group of them has been parsed, merges the group: the last row of each email wins.
 A mirror import stages every row, for its last batch looks for every email of the file."""
 
@@ -48,7 +49,7 @@ from listmill.queries.memberships import Consent
 from listmill.records import JobRow
 from listmill.settings import Settings
 
-from .base import BatchOutcome, Plan, Prepared
+from .base import BatchOutcome, Overlap, Plan, Prepared
 from .memberships import Joining, join_list
 
 if TYPE_CHECKING:
@@ -187,6 +188,9 @@ class _Batch:
     fast: list[Contacts] = field(default_factory=list)  # more unique rows, column-wise
     held: list[Record] = field(default_factory=list)
     outcome: BatchOutcome = field(default_factory=BatchOutcome)
+    # once its unique rows are merged (_merge_unique): those to join, and whether all were new
+    merged: list[tuple[str, int, str]] | None = None
+    none_existed: bool = True
 
 
 class _ParsingEnded(Exception):
@@ -353,6 +357,7 @@ class _ImportRun:
     counted: bool = False  # the invalid and duplicate rows were counted by an earlier release
     all_new: bool = False  # no batch found an existing contact yet: the next one is COPYed at once
     hashes: KeyHashes = key_hashes
+    taken: dict[int, _Batch] = field(default_factory=dict)  # by position after: being written
 
     async def prepare(
         self, conn: Connection, job: JobRow, settings: Settings, pool: Pool
@@ -382,12 +387,27 @@ class _ImportRun:
             self.task = asyncio.create_task(self.parser.run(reader))
         return self.parser
 
+    async def take(self, conn: Connection, job: JobRow, after: int, upto: int) -> None:
+        """The batch's parsed rows (the engine takes batches in order)."""
+        parser = await self._parsing(conn, job, after)
+        self.taken[after] = await parser.batch(after, upto)
+
+    async def write_ahead(self, conn: Connection, job: JobRow, after: int, upto: int) -> None:
+        """Merge the rows whose email no other row has: no other batch has their contacts,
+        so this needs nothing of the batch before. A dry run's batch and a mirror import's
+        are merged in apply_range (a savepoint, the staged rows)."""
+        batch = self.taken[after]
+        if not job.params["dry_run"] and job.params["mode"] != "mirror":
+            batch.merged, batch.none_existed = await _merge_unique(conn, job, batch, self.all_new)
+            self.all_new = batch.none_existed
+
     async def apply_range(
         self, conn: Connection, job: JobRow, after: int, upto: int
     ) -> BatchOutcome:
-        parser = await self._parsing(conn, job, after)
+        """The rest of the batch, once the batch before is committed: its held rows, the
+        groups it completes, its joins to the list."""
         assert self.repeats is not None
-        batch = await parser.batch(after, upto)
+        batch = self.taken.pop(after)
         outcome = batch.outcome
         # staged whether a dry run or not: the held rows, and a mirror import's every row
         mirror = job.params["mode"] == "mirror"
@@ -434,10 +454,12 @@ async def _hashes_of(conn: Connection, job: JobRow) -> KeyHashes:
 async def _apply_batch(
     conn: Connection, job: JobRow, batch: _Batch, completed: list[int], all_new: bool
 ) -> bool:
-    """Write the batch (see _merge_unique); whether all its unique rows were new contacts."""
+    """Write the batch (see _merge_unique, unless merged ahead); whether all its unique rows
+    were new contacts."""
     outcome, mode = batch.outcome, _mode(job)
-    merged, none_existed = await _merge_unique(conn, job, batch, all_new)
-    await _join(conn, job, merged, outcome)
+    if batch.merged is None:
+        batch.merged, batch.none_existed = await _merge_unique(conn, job, batch, all_new)
+    await _join(conn, job, batch.merged, outcome)
     if completed:
         counts = await contact_queries.merge_held(conn, job.project_id, job.id, completed, mode)
         _count(outcome, *counts)
@@ -447,7 +469,7 @@ async def _apply_batch(
         outcome.counts["unsubscribed"] += await queries.mirror_unsubscribe(
             conn, job.project_id, list_id, job.id
         )
-    return none_existed
+    return batch.none_existed
 
 
 async def _merge_unique(
@@ -561,6 +583,7 @@ def import_plan(pool: Pool, settings: Settings) -> Plan:
     run = _ImportRun(pool, settings)
     return Plan(
         apply_range=run.apply_range,
+        overlap=Overlap(take=run.take, write_ahead=run.write_ahead),
         prepare=run.prepare,
         cleanup=cleanup_import,
         close=run.close,
