@@ -168,10 +168,10 @@ class _Turn:
 @dataclass
 class _Batches:
     """The batches after the checkpoint, each in its own transaction. A plan with an overlap
-    has two batches written at a time: the next one starts once this one has taken its
-    items, and writes its ahead part meanwhile; the rest of each waits for the commit of the
-    one before, so batches commit in order and a checkpoint never passes an uncommitted
-    batch."""
+    has two batches written at a time (see _depth): the next one starts once this one has
+    taken its items, and writes its ahead part meanwhile; the rest of each waits for the
+    commit of the one before, so batches commit in order and a checkpoint never passes an
+    uncommitted batch."""
 
     plan: Plan
     job: JobRow
@@ -183,11 +183,11 @@ class _Batches:
     async def write(self, heart: asyncio.Task[None]) -> None:
         job, plan = self.job, self.plan
         position, total, batch_size = job.checkpoint, job.total or 0, plan.batch_size(self.settings)
-        depth = 1 if plan.overlap is None else 2
         writing: deque[asyncio.Task[None]] = deque()
         before: _Turn | None = None
         try:
             while position < total or writing:
+                depth = await self._depth(len(writing))
                 if position < total and len(writing) < depth:
                     if heart.done():
                         raise LeaseLost()
@@ -207,6 +207,16 @@ class _Batches:
             raise
         finally:  # a batch after one that raised ends at its wait for it, rolled back
             await _settle(list(writing))
+
+    async def _depth(self, writing: int) -> int:
+        """How many batches may be written at a time: two for a plan with an overlap, but
+        one while a job of another lane waits or runs (on two cores, two batches leave it
+        little of either: small jobs keep their latency so)."""
+        if self.plan.overlap is None or writing != 1:
+            return 1 if self.plan.overlap is None else 2
+        async with self.pool.acquire() as conn:
+            busy = await queries.other_lanes_busy(conn, self.job.lane)
+        return 1 if busy else 2
 
     async def _batch(
         self, after: int, upto: int, before: _Turn | None, turn: _Turn, taken: asyncio.Event

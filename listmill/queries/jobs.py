@@ -206,6 +206,21 @@ async def heartbeat(conn: Connection, job_id: UUID, lease_token: UUID, lease_sec
     return bool(status == "UPDATE 1")
 
 
+async def other_lanes_busy(conn: Connection, lane: str) -> bool:
+    """Whether a job of another lane is running, or queued and due."""
+    busy = await conn.fetchval(
+        """
+        SELECT EXISTS (
+            SELECT 1 FROM jobs
+            WHERE status IN ('queued', 'running') AND lane <> $1
+              AND (status = 'running' OR run_after IS NULL OR run_after <= now())
+        )
+        """,
+        lane,
+    )
+    return bool(busy)
+
+
 async def commit_progress(
     conn: Connection,
     job_id: UUID,

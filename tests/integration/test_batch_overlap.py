@@ -155,3 +155,19 @@ async def test_a_cancel_keeps_the_batch_that_saw_it_and_rolls_the_next_back(
     assert ("ahead", 4) in recorder.steps
     assert sorted({after for _, after in await committed(db)}) == [0, 2]
     assert await progress(db, job) == (4, {"seen": 4})
+
+
+async def test_one_batch_at_a_time_while_another_lane_has_a_job(
+    api: Api, claimed: tuple[JobRow, UUID], worker_context: WorkerContext, db: asyncpg.Connection
+) -> None:
+    job, lease = claimed
+    rows = [{"email": f"other{i}@example.com"} for i in range(3_000)]
+    _, body = await api.post("/contacts/bulk-upsert", {"contacts": rows})
+    assert body["data"]["lane"] != job.lane  # queued: nobody runs it here
+    recorder = Recorder(overlapping=False)
+    await run(recorder, job, lease, worker_context)
+    for after in (0, 2, 4):  # the next batch took its items after this one had committed
+        assert recorder.steps.index(("take", after + BATCH)) > recorder.steps.index(
+            ("apply", after)
+        )
+    assert await progress(db, job) == (ROWS, {"seen": ROWS})
