@@ -13,7 +13,6 @@ gone that way (tests/unit/test_csvcolumns.py compares them)."""
 from __future__ import annotations
 
 import io
-import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from listmill.db import dumps
 from listmill.validation import MAX_EMAIL_LENGTH, MAX_FIELD_LENGTH, SPECIAL_TLDS
 
 CONTACT_FIELDS = ("first_name", "last_name", "country", "time_zone")
@@ -52,6 +50,8 @@ COMMON_EMAIL = (
 )
 _SPECIAL_TLD = r"\.(?:" + "|".join(sorted(SPECIAL_TLDS)) + r")$"
 MAX_LOCAL_PART = 64
+# a contact's columns in its line (Contacts.lines, queries.contacts.copy_lines)
+LINE_COLUMNS = ("email_normalized", "first_name", "last_name", "country", "time_zone", "data")
 # the columns of a contact a block's fast rows become (see Contacts)
 CONTACT_COLUMNS = (
     "email", "email_normalized", "first_name", "last_name", "country", "time_zone", "data",
@@ -282,19 +282,54 @@ def _blank_as_null(values: Any) -> Any:
 
 
 def _data(header: Header, values: list[Any]) -> Any:
-    """The custom columns' non-blank values as a JSON object, one text per row."""
+    """The custom columns' non-blank values as a JSON object, one text per row, written as
+    Postgres writes the jsonb of it (keys by length, then bytes; ", " and ": "), so that a
+    contact's line (Contacts.lines) is the one Postgres gives for it once stored."""
     pieces = []
-    for index, column in header.custom:
+    for index, column in sorted(header.custom, key=lambda c: (len(c[1].encode()), c[1].encode())):
         value = values[index]
-        escaped = value
-        for char, escape in _JSON_ESCAPES:
-            escaped = pc.replace_substring(escaped, char, escape)
-        piece = pc.binary_join_element_wise(f",{json.dumps(column)}:" + '"', escaped, '"', "")
+        escaped = _escaped(value, _JSON_ESCAPES)
+        piece = pc.binary_join_element_wise(f", {jsonb_string(column)}: " + '"', escaped, '"', "")
         pieces.append(pc.if_else(pc.equal(value, ""), "", piece))
     if not pieces:
         return pa.repeat("{}", len(values[header.email_index]))
-    joined = pc.binary_join_element_wise(*pieces, "")
-    return pc.binary_join_element_wise("{", pc.utf8_slice_codeunits(joined, 1), "}", "")
+    # (not null_handling="skip": pyarrow 26 leaves rows out of the result with it)
+    joined = pieces[0] if len(pieces) == 1 else pc.binary_join_element_wise(*pieces, "")
+    return pc.binary_join_element_wise("{", pc.utf8_slice_codeunits(joined, 2), "}", "")
+
+
+# what COPY's text format escapes that a fast row's value may hold
+_COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"))
+
+
+def _escaped(values: Any, escapes: Sequence[tuple[str, str]]) -> Any:
+    """The values with these (ASCII) characters escaped; an escape is skipped where no value
+    holds the character (most columns hold none: a replace is a pass over every value)."""
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    data = [np.frombuffer(c.buffers()[2], dtype=np.uint8) for c in chunks if c.buffers()[2]]
+    for char, escape in escapes:
+        if any((bytes_ == ord(char)).any() for bytes_ in data):
+            values = pc.replace_substring(values, char, escape)
+    return values
+
+
+_JSONB_ESCAPES = {
+    '"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t",
+}  # fmt: skip
+
+
+def jsonb_text(data: dict[str, str]) -> str:
+    """A row's data as Postgres writes the jsonb of it (as _data does, a row at a time)."""
+    keys = sorted(data, key=lambda key: (len(key.encode()), key.encode()))
+    return "{" + ", ".join(f"{jsonb_string(k)}: {jsonb_string(data[k])}" for k in keys) + "}"
+
+
+def jsonb_string(text: str) -> str:
+    """``text`` as a JSON string, escaped as Postgres writes it in a jsonb's text."""
+    escaped = (
+        _JSONB_ESCAPES.get(char) or (f"\\u{ord(char):04x}" if char < " " else char) for char in text
+    )
+    return '"' + "".join(escaped) + '"'
 
 
 @dataclass(frozen=True)
@@ -311,7 +346,7 @@ class Contacts:
     def column(self, name: str) -> list[Any]:
         return self.table.column(name).to_pylist()  # type: ignore[no-any-return]
 
-    def where(self, mask: list[bool]) -> Contacts:
+    def where(self, mask: Sequence[bool] | np.ndarray[Any, Any]) -> Contacts:
         return Contacts(self.table.filter(pa.array(mask, pa.bool_())))
 
     def rows(self) -> Iterator[tuple[Any, ...]]:
@@ -320,6 +355,16 @@ class Contacts:
         names = ("position", "row_number", *CONTACT_COLUMNS)
         for row in zip(*(self.column(name) for name in names), strict=True):
             yield (*row[:-1], orjson.loads(row[-1]))
+
+    def lines(self) -> pa.Array:
+        """Each row as Postgres writes its contact in COPY's text format (LINE_COLUMNS, tab
+        between, NULL as \\N, backslash and tab escaped): for fast rows, whose values hold no
+        other control character, and whose data is written as Postgres writes it (_data)."""
+        columns = []
+        for name in LINE_COLUMNS:
+            column = _escaped(self.table.column(name), _COPY_ESCAPES)
+            columns.append(pc.fill_null(column, "\\N"))
+        return pc.binary_join_element_wise(*columns, "\t").combine_chunks()
 
     def ahead(self, project_id: int) -> Contacts:
         """These rows with their copy_text made now (by the parsing task, while the batch
@@ -349,7 +394,7 @@ def contacts_of(rows: Sequence[Sequence[Any]]) -> Contacts:
     position, row_number, *values, data = list(zip(*rows, strict=True)) or [()] * 9
     texts = zip(CONTACT_COLUMNS[:-1], values, strict=True)  # all but data
     arrays = {name: pa.array(column, pa.string()) for name, column in texts}
-    arrays["data"] = pa.array([dumps(d).decode() for d in data], pa.string())
+    arrays["data"] = pa.array([jsonb_text(d) for d in data], pa.string())
     arrays["position"] = pa.array(position, pa.int64())
     arrays["row_number"] = pa.array(row_number, pa.int64())
     return Contacts(pa.table(arrays))

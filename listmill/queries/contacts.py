@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import asyncpg
@@ -411,6 +411,21 @@ async def count_project(conn: Connection, project_id: int) -> int:
     """How many contacts the project has (an index-only count)."""
     return int(
         await conn.fetchval("SELECT count(*) FROM contacts WHERE project_id = $1", project_id)
+    )
+
+
+async def copy_lines(
+    conn: Connection, project_id: int, output: Callable[[bytes], Coroutine[Any, Any, None]]
+) -> None:
+    """The project's contacts in COPY's text format, a line each, to ``output`` in pieces:
+    the columns of csvcolumns.LINE_COLUMNS (an import compares its rows with these)."""
+    await conn.copy_from_query(
+        """
+        SELECT email_normalized, first_name, last_name, country, time_zone, data
+        FROM contacts WHERE project_id = $1
+        """,
+        project_id,
+        output=output,
     )
 
 

@@ -262,7 +262,7 @@ def test_copy_text_is_csv_of_the_contacts_sorted_by_email() -> None:
     ]
     assert contacts.copy_text(7).decode().splitlines() == [
         '7,"a@example.com","a@example.com",,,,,"{}"',
-        '7,"B@example.com","b@example.com","Bo",,,,"{""Plan"":""pro""}"',
+        '7,"B@example.com","b@example.com","Bo",,,,"{""Plan"": ""pro""}"',
     ]
     # rows parsed one by one become the same columns, and COPY text, as these
     again = contacts_of(list(contacts.rows()))

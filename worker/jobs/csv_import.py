@@ -42,7 +42,8 @@ from listmill.csvimport import (
     read_header,
 )
 from listmill.db import Connection, Pool
-from listmill.keyhash import key_hashes, legacy_key_hashes
+from listmill.keyhash import key_hashes, legacy_key_hashes, text_hashes
+from listmill.knowncontacts import KnownContacts, read_known, worth_reading
 from listmill.queries import contacts as contact_queries
 from listmill.queries import imports as queries
 from listmill.queries.memberships import Consent
@@ -65,22 +66,40 @@ class _DryRun(Exception):
     """Raised to roll a dry run's batch back once its counts are known."""
 
 
+Parsed = ParsedRow | Block | Columns
+
+
 async def _file_rows(
     conn: Connection, job: JobRow, only_email: bool = False
-) -> AsyncIterator[tuple[Header, list[ParsedRow | Block]]]:
+) -> AsyncIterator[tuple[Header, list[Parsed]]]:
     """The stored file's rows, a chunk's worth at a time, with the file's header: simple
-    blocks of them read by Arrow (csvcolumns), the others one by one."""
+    blocks of them read by Arrow (csvcolumns) and, unless only their email was read,
+    validated (Columns); the others one by one."""
     first = await queries.read_chunk(conn, job.id, 0) or b""
     reader = CsvReader(read_header(first), simple=True, only_email=only_email)
-    chunk: bytes | None = first
+    # a chunk is parsed in a thread (Arrow lets go of the GIL) while the one before is taken,
+    # and this loop goes on serving the batches' COPYs meanwhile
+    parsing = asyncio.ensure_future(asyncio.to_thread(_fed, reader, first))
     seq = 0
-    while chunk is not None:
-        rows = list(reader.feed(chunk))
-        seq += 1
-        chunk = await queries.read_chunk(conn, job.id, seq)
-        if chunk is None:
-            rows += list(reader.finish())
-        yield reader.header, rows
+    try:
+        while True:
+            rows = await parsing
+            seq += 1
+            chunk = await queries.read_chunk(conn, job.id, seq)
+            if chunk is None:
+                yield reader.header, rows + list(reader.finish())
+                return
+            parsing = asyncio.ensure_future(asyncio.to_thread(_fed, reader, chunk))
+            yield reader.header, rows
+    finally:
+        parsing.cancel()
+
+
+def _fed(reader: CsvReader, chunk: bytes) -> list[Parsed]:
+    header, rows = reader.header, reader.feed(chunk)
+    if reader.only_email:
+        return list(rows)
+    return [columns_of(header, row) if isinstance(row, Block) else row for row in rows]
 
 
 @dataclass(frozen=True)
@@ -95,11 +114,11 @@ class Repeats:
     hashes: np.ndarray[Any, Any]
     last: np.ndarray[Any, Any]
 
-    def held(self, hashes: list[int]) -> list[bool]:
+    def held(self, hashes: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """For each of these hashes, whether more than one row has it."""
         import numpy as np
 
-        return np.isin(np.array(hashes, dtype=np.int64), self.hashes).tolist()  # type: ignore[no-any-return]
+        return np.isin(hashes, self.hashes)
 
     def completed(self, after: int, upto: int) -> list[int]:
         """The hashes whose last row is between these positions: their groups are whole."""
@@ -109,27 +128,35 @@ class Repeats:
 KeyHashes = Callable[[Any], "np.ndarray[Any, Any]"]  # keyhash.key_hashes or the legacy one
 
 
-async def find_repeats(conn: Connection, job: JobRow, hashes: KeyHashes = key_hashes) -> Repeats:
-    """The first pass. Memory: about 20 bytes a row while it runs, 16 a repeated email."""
+async def file_key_hashes(
+    conn: Connection, job: JobRow, hashes: KeyHashes = key_hashes
+) -> np.ndarray[Any, Any]:
+    """The first pass: the hash of each row's email key, in file order (8 bytes a row)."""
     import numpy as np  # only imports need it
 
     chunks = [
-        hashes(keys)
+        await asyncio.to_thread(_hashed_keys, header, rows, hashes)
         async for header, rows in _file_rows(conn, job, only_email=True)
-        for keys in _email_keys(header, rows)
     ]
-    everything = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
-    del chunks
-    return repeats_of(everything)
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
 
 
-def _email_keys(header: Header, rows: list[ParsedRow | Block]) -> Iterator[Any]:
+def _hashed_keys(header: Header, rows: list[Parsed], hashes: KeyHashes) -> np.ndarray[Any, Any]:
+    import numpy as np
+
+    parts = [hashes(keys) for keys in _email_keys(header, rows)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _email_keys(header: Header, rows: list[Parsed]) -> Iterator[Any]:
     """The rows' email keys (email_key), as Arrow arrays or lists of strings."""
     run: list[str] = []
     for row in rows:
-        if not isinstance(row, Block):
+        if isinstance(row, ParsedRow):
             run.append(email_key(header, row))
             continue
+        if not isinstance(row, Block):
+            raise TypeError(f"not a block of emails: {row!r}")
         if run:
             yield run
             run = []
@@ -188,6 +215,7 @@ class _Batch:
     fast: list[Contacts] = field(default_factory=list)  # more unique rows, column-wise
     held: list[Record] = field(default_factory=list)
     outcome: BatchOutcome = field(default_factory=BatchOutcome)
+    new: Contacts | None = None  # fast rows no contact had as the import began (existing)
     # once its unique rows are merged (_merge_unique): those to join, and whether all were new
     merged: list[tuple[str, int, str]] | None = None
     none_existed: bool = True
@@ -206,6 +234,7 @@ class _Parser:
     job: JobRow
     repeats: Repeats
     hashes: KeyHashes
+    existing: KnownContacts | None  # the project's contacts as the import began, if read
     after: int
     batch_size: int
     error_cap: int
@@ -236,17 +265,19 @@ class _Parser:
                     return True
         return False
 
-    async def _take(self, header: Header, rows: list[ParsedRow | Block]) -> list[_Batch]:
+    async def _take(self, header: Header, rows: list[Parsed]) -> list[_Batch]:
         """Sort a chunk's rows into batches; the batches completed."""
         done: list[_Batch] = []
         run: list[ParsedRow] = []
         for row in rows:
-            if isinstance(row, Block):
+            if isinstance(row, Columns):
                 await self._take_rows(header, run, done)
                 run = []
-                await self._take_block(header, columns_of(header, row), done)
-            else:
+                await self._take_block(header, row, done)
+            elif isinstance(row, ParsedRow):
                 run.append(row)
+            else:
+                raise TypeError(f"a block not validated: {row!r}")
         await self._take_rows(header, run, done)
         return done
 
@@ -261,7 +292,7 @@ class _Parser:
                 await asyncio.sleep(0)  # the batches, heartbeats and other jobs run meanwhile
             self._take_row(batch, position, header, row)
             if position == batch.upto:
-                batch = self._complete(batch, done)
+                batch = await self._complete(batch, done)
         self.filling, self.position = batch, position
 
     async def _take_block(self, header: Header, columns: Columns, done: list[_Batch]) -> None:
@@ -277,7 +308,7 @@ class _Parser:
                 self._take_row(batch, start + taken + index + 1, header, ParsedRow(number, values))
             taken = upto
             if start + upto == batch.upto:
-                self._complete(batch, done)
+                await self._complete(batch, done)
             self.position = start + upto
             await asyncio.sleep(0)
         self.position = start + count
@@ -291,9 +322,9 @@ class _Parser:
         else:
             batch.unique.append(_record(self.job, position, row, parsed))
 
-    def _complete(self, batch: _Batch, done: list[_Batch]) -> _Batch:
-        """The batch is parsed: its held rows set apart, it is done; the next one."""
-        self._hold(batch)
+    async def _complete(self, batch: _Batch, done: list[_Batch]) -> _Batch:
+        """The batch is parsed: its held rows set apart (in a thread), it is done; the next."""
+        await asyncio.to_thread(self._hold, batch)
         done.append(batch)
         self.filling = self._next(batch.upto, self.repeats.total)
         return self.filling
@@ -308,22 +339,26 @@ class _Parser:
         if job.params["mode"] == "mirror":
             batch.unique += _fast_records(job, fast)
             fast = concat([])
-        hashes = self.hashes([r[EMAIL_NORMALIZED] for r in batch.unique]).tolist()
+        hashes = self.hashes([r[EMAIL_NORMALIZED] for r in batch.unique])
         unique = []
         for record, hashed, held in zip(
-            batch.unique, hashes, self.repeats.held(hashes), strict=True
+            batch.unique, hashes.tolist(), self.repeats.held(hashes).tolist(), strict=True
         ):
             if held:
                 batch.held.append((*record[:KEY_HASH], hashed))
             else:
                 unique.append(record)
         batch.unique = unique
-        hashes = self.hashes(fast.table.column("email_normalized")).tolist()
-        repeated = self.repeats.held(hashes)
-        if any(repeated):
-            hashes = [hashed for hashed, held in zip(hashes, repeated, strict=True) if held]
-            batch.held += _fast_records(job, fast.where(repeated), hashes)
-            fast = fast.where([not held for held in repeated])
+        keys = self.hashes(fast.table.column("email_normalized"))
+        repeated = self.repeats.held(keys)
+        if repeated.any():
+            batch.held += _fast_records(job, fast.where(repeated), keys[repeated].tolist())
+            fast, keys = fast.where(~repeated), keys[~repeated]
+        if self.existing is not None and len(fast):  # keys are key_hashes then
+            same, new = self.existing.compare(keys, text_hashes(fast.lines()))
+            batch.outcome.counts["unchanged"] += int(same.sum())
+            batch.new = fast.where(new).ahead(job.project_id)
+            fast = fast.where(~same & ~new)
         batch.fast = [fast.ahead(job.project_id)]
 
     def _error(self, outcome: BatchOutcome, error: RowError) -> None:
@@ -354,6 +389,7 @@ class _ImportRun:
     task: asyncio.Task[None] | None = None
     lent: list[Any] = field(default_factory=list)  # the parsing task's pool connection
     known: int = 0  # contacts the project has at least: to keep the statistics in step
+    existing: KnownContacts | None = None  # its contacts as the import began, if read
     counted: bool = False  # the invalid and duplicate rows were counted by an earlier release
     all_new: bool = False  # no batch found an existing contact yet: the next one is COPYed at once
     hashes: KeyHashes = key_hashes
@@ -362,8 +398,40 @@ class _ImportRun:
     async def prepare(
         self, conn: Connection, job: JobRow, settings: Settings, pool: Pool
     ) -> Prepared:
-        self.repeats = await find_repeats(conn, job, self.hashes)
+        self.repeats = await self._first_pass(conn, job)
         return Prepared(total=self.repeats.total, outcome=BatchOutcome())
+
+    async def _first_pass(self, conn: Connection, job: JobRow) -> Repeats:
+        """Pass one; meanwhile, if the import may skip unchanged rows without asking
+        Postgres (knowncontacts), the project's contacts are read on another connection,
+        and kept if the file proves large enough next to them."""
+        self.known = await contact_queries.count_project(conn, job.project_id)
+        params = job.params
+        reading = None
+        if (
+            self.known > 0
+            and params["mode"] != "mirror"  # it stages every row
+            and params.get("list_id") is None  # whose every row is joined to the list
+            and not params["resubscribe"]
+            and self.hashes is key_hashes
+        ):
+            reading = asyncio.create_task(self._read_known(job.project_id))
+        try:
+            keys = await file_key_hashes(conn, job, self.hashes)
+            repeats = repeats_of(keys)
+            if reading is not None and worth_reading(self.known, repeats.total):
+                self.existing = await reading
+                if len(self.existing) > repeats.total:  # only the file's are worth keeping
+                    self.existing = self.existing.only(keys)
+        finally:
+            if reading is not None and not reading.done():
+                reading.cancel()
+                await asyncio.wait([reading])
+        return repeats
+
+    async def _read_known(self, project_id: int) -> KnownContacts:
+        async with self.pool.acquire() as reader:
+            return await read_known(reader, project_id)
 
     async def _parsing(self, conn: Connection, job: JobRow, after: int) -> _Parser:
         if self.parser is None:
@@ -373,14 +441,19 @@ class _ImportRun:
             self.counted = await queries.discard_staged_after(conn, job.id, after) > 0
             if self.repeats is None:  # a resumed job: its first pass is made again
                 self.hashes = await _hashes_of(conn, job)
-                self.repeats = await find_repeats(conn, job, self.hashes)
-            self.known = await contact_queries.count_project(conn, job.project_id)
+                self.repeats = await self._first_pass(conn, job)
             await contact_queries.keep_statistics(conn, job.project_id, self.known)
             self.all_new = self.known == 0
             settings = self.settings
             error_cap = 0 if self.counted else settings.job_error_cap
             self.parser = _Parser(
-                job, self.repeats, self.hashes, after, settings.import_batch_size, error_cap
+                job,
+                self.repeats,
+                self.hashes,
+                self.existing,
+                after,
+                settings.import_batch_size,
+                error_cap,
             )
             reader = await self.pool.acquire()
             self.lent.append(reader)
@@ -492,6 +565,15 @@ async def _merge_unique(
             conn, job.project_id, job.id, batch.after, batch.upto, mode
         )
         _count(outcome, *counts)
+    elif batch.new is not None:  # compared with the contacts as the import began
+        if len(batch.new) and not await _copy_new(conn, job, batch.new, outcome):
+            rows = concat([rows, batch.new])  # someone made one of them meanwhile
+        if rows:
+            created, changed = await contact_queries.merge_text(
+                conn, job.project_id, rows.copy_text(job.project_id), mode
+            )
+            _count(outcome, len(rows), created, changed)
+        none_existed = False
     elif rows and not (all_new and await _copy_new(conn, job, rows, outcome)):
         created, changed = await contact_queries.merge_text(
             conn, job.project_id, rows.copy_text(job.project_id), mode

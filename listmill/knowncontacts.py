@@ -1,0 +1,111 @@
+"""The contacts a project had as an import began: for each, the hash of its email key and
+of its line (csvcolumns.Contacts.lines: its email and the fields an import sets, as
+Postgres writes them). A fast row whose line hashes alike is one the import would not
+change, and is counted unchanged with no write; a row whose email key no contact has is new,
+and is COPYed in. Only the other rows are compared in Postgres.
+
+Read once, with one COPY, where a file is large next to its project (see worth_reading):
+about 16 bytes a contact, and only those whose email key the file has are kept. A change
+someone else makes to one of these contacts during the import (an edit, a deletion) is kept
+as if it came after the import's row of it."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from listmill.db import Connection
+from listmill.keyhash import HASHED_BYTES, hashes_at
+from listmill.queries import contacts as contact_queries
+
+PIECE_BYTES = 1 << 20  # lines hashed at a time
+# read the contacts when the file has at least a quarter as many rows as the project has
+FILE_ROWS_PER_CONTACT = 0.25
+
+
+def worth_reading(contacts: int, file_rows: int) -> bool:
+    """Whether to read a project of ``contacts`` for a file of ``file_rows``: reading a
+    contact costs about what comparing a row costs."""
+    return 0 < contacts <= file_rows / FILE_ROWS_PER_CONTACT
+
+
+@dataclass(frozen=True)
+class KnownContacts:
+    """Sorted email-key hashes of one contact each, with the hash of each one's line; and
+    the key hashes that more than one contact has (their rows are compared in Postgres)."""
+
+    keys: np.ndarray[Any, Any]
+    lines: np.ndarray[Any, Any]
+    shared: np.ndarray[Any, Any]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def only(self, keys: np.ndarray[Any, Any]) -> KnownContacts:
+        """Those whose key is one of these (the file's)."""
+        kept = np.isin(self.keys, keys)
+        return KnownContacts(self.keys[kept], self.lines[kept], self.shared)
+
+    def compare(
+        self, keys: np.ndarray[Any, Any], lines: np.ndarray[Any, Any]
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """For rows of these key and line hashes: which are unchanged (a contact has the
+        key, and its line hashes alike), and which are new (no contact has the key)."""
+        at = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
+        found = self.keys[at] == keys if len(self.keys) else np.zeros(len(keys), dtype=bool)
+        same = found & (self.lines[at] == lines) if len(self.keys) else found
+        return same, ~found & ~np.isin(keys, self.shared)
+
+
+async def read_known(conn: Connection, project_id: int) -> KnownContacts:
+    """The project's contacts as they are now (one COPY of their lines)."""
+    keys: list[np.ndarray[Any, Any]] = []
+    lines: list[np.ndarray[Any, Any]] = []
+    pending = bytearray()
+
+    async def hash_lines(text: bytes) -> None:
+        key, line = await asyncio.to_thread(_hashes, text)  # the COPY goes on meanwhile
+        keys.append(key)
+        lines.append(line)
+
+    async def take(piece: bytes) -> None:
+        pending.extend(piece)
+        if len(pending) >= PIECE_BYTES:
+            cut = pending.rfind(b"\n") + 1
+            await hash_lines(bytes(pending[:cut]))
+            del pending[:cut]
+
+    await contact_queries.copy_lines(conn, project_id, take)
+    if pending:
+        await hash_lines(bytes(pending))
+    return known_of(np.concatenate(keys or [_NONE]), np.concatenate(lines or [_NONE]))
+
+
+_NONE = np.zeros(0, dtype=np.int64)
+
+
+def _hashes(text: bytes) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """The key hash (of the email, the first field) and the line hash of each whole line."""
+    data = np.frombuffer(text, dtype=np.uint8)
+    ends = np.flatnonzero(data == ord("\n"))
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    tabs = np.flatnonzero(data == ord("\t"))
+    email_ends = tabs[np.searchsorted(tabs, starts)]  # each line has its fields' tabs
+    return (
+        hashes_at(text, starts, email_ends - starts, HASHED_BYTES),
+        hashes_at(text, starts, ends - starts, None),
+    )
+
+
+def known_of(keys: np.ndarray[Any, Any], lines: np.ndarray[Any, Any]) -> KnownContacts:
+    order = np.argsort(keys, kind="stable")
+    keys, lines = keys[order], lines[order]
+    repeated = np.zeros(len(keys), dtype=bool)
+    if len(keys) > 1:
+        twice = keys[1:] == keys[:-1]
+        repeated[1:] |= twice
+        repeated[:-1] |= twice
+    return KnownContacts(keys[~repeated], lines[~repeated], np.unique(keys[repeated]))
