@@ -242,8 +242,8 @@ def columns_of(header: Header, block: Block) -> Columns:
             pc.match_substring_regex(normalized, COMMON_EMAIL),
             pc.less_equal(pc.find_substring(normalized, "@"), MAX_LOCAL_PART),
             pc.invert(pc.match_substring_regex(normalized, _SPECIAL_TLD)),
-            pc.less_equal(pc.utf8_length(email), MAX_EMAIL_LENGTH),
-            *(pc.less_equal(pc.utf8_length(column), MAX_FIELD_LENGTH) for column in raw),
+            _within(email, MAX_EMAIL_LENGTH),
+            *(_within(column, MAX_FIELD_LENGTH) for column in raw),
         ]
     )
     index_of = {target: index for index, target in header.fields}
@@ -268,6 +268,14 @@ def block_email_keys(block: Block) -> Any:
     if pc.all(pc.string_is_ascii(keys)).as_py() is not False:
         return pc.ascii_lower(keys)
     return [key.lower() for key in keys.to_pylist()]
+
+
+def _within(values: Any, limit: int) -> Any:
+    """Whether each value has at most ``limit`` characters: counted only if one has more
+    bytes than that (its byte length is known at once, its characters take a pass)."""
+    if (pc.max(pc.binary_length(values)).as_py() or 0) <= limit:
+        return pa.scalar(True)
+    return pc.less_equal(pc.utf8_length(values), limit)
 
 
 def _all(masks: Any) -> Any:

@@ -89,7 +89,8 @@ EMAILS = [
 ]  # fmt: skip
 VALUES = [
     "", " ", "Ann", " spaced ", "Zoë", "O'Brien", "back\\slash", "c:\\path\\", "=SUM(A1)",
-    "x" * 255, "y" * 256, "z" * 1001, "日本", "emoji 🎉", "-5", "{json}", "semi;colon",
+    "x" * 255, "y" * 256, "z" * 1001, "é" * 200, "é" * 256, "日本", "emoji 🎉", "-5", "{json}",
+    "semi;colon",
     "NULL", "NA", "null", "N/A", "nan", "true", "1e5", "\ufeffbom", "del\x7f", "\u2028sep",
 ]  # fmt: skip
 
