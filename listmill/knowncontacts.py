@@ -60,16 +60,23 @@ class KnownContacts:
         return same, ~found & ~np.isin(keys, self.shared)
 
 
-async def read_known(conn: Connection, project_id: int) -> KnownContacts:
-    """The project's contacts as they are now (one COPY of their lines)."""
-    keys: list[np.ndarray[Any, Any]] = []
-    lines: list[np.ndarray[Any, Any]] = []
+async def read_known(conn: Connection, project_id: int, expected: int = 0) -> KnownContacts:
+    """The project's contacts as they are now (one COPY of their lines); ``expected``, about
+    how many there are, sizes the arrays (they grow if there are more)."""
+    hashed = np.empty((2, max(expected, 1024)), dtype=np.int64)  # keys, lines
+    count = 0
     pending = bytearray()
 
     async def hash_lines(text: bytes) -> None:
-        key, line = await asyncio.to_thread(_hashes, text)  # the COPY goes on meanwhile
-        keys.append(key)
-        lines.append(line)
+        nonlocal hashed, count
+        keys, lines = await asyncio.to_thread(_hashes, text)  # the COPY goes on meanwhile
+        if count + len(keys) > hashed.shape[1]:
+            grown = np.empty((2, max(2 * hashed.shape[1], count + len(keys))), dtype=np.int64)
+            grown[:, :count] = hashed[:, :count]
+            hashed = grown
+        hashed[0, count : count + len(keys)] = keys
+        hashed[1, count : count + len(keys)] = lines
+        count += len(keys)
 
     async def take(piece: bytes) -> None:
         pending.extend(piece)
@@ -81,7 +88,7 @@ async def read_known(conn: Connection, project_id: int) -> KnownContacts:
     await contact_queries.copy_lines(conn, project_id, take)
     if pending:
         await hash_lines(bytes(pending))
-    return known_of(np.concatenate(keys or [_NONE]), np.concatenate(lines or [_NONE]))
+    return known_of(hashed[0, :count], hashed[1, :count])
 
 
 _NONE = np.zeros(0, dtype=np.int64)
@@ -101,11 +108,16 @@ def _hashes(text: bytes) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
 
 
 def known_of(keys: np.ndarray[Any, Any], lines: np.ndarray[Any, Any]) -> KnownContacts:
-    order = np.argsort(keys, kind="stable")
-    keys, lines = keys[order], lines[order]
+    """Sorted by key, those of a key that more than one has set apart (16 bytes a contact,
+    and about as much again while sorting)."""
+    order = np.argsort(keys)
+    keys = keys[order]  # (the caller's arrays may go meanwhile)
+    lines = lines[order]
+    del order
+    twice = keys[1:] == keys[:-1]
+    if not twice.any():
+        return KnownContacts(keys, lines, _NONE)
     repeated = np.zeros(len(keys), dtype=bool)
-    if len(keys) > 1:
-        twice = keys[1:] == keys[:-1]
-        repeated[1:] |= twice
-        repeated[:-1] |= twice
+    repeated[1:] |= twice
+    repeated[:-1] |= twice
     return KnownContacts(keys[~repeated], lines[~repeated], np.unique(keys[repeated]))

@@ -112,8 +112,8 @@ async def test_a_contact_made_meanwhile_is_merged_not_copied(
         api.project_id,
     )
 
-    async def read_then_insert(conn: Any, project_id: int) -> Any:
-        known = await read_known(conn, project_id)
+    async def read_then_insert(conn: Any, project_id: int, expected: int) -> Any:
+        known = await read_known(conn, project_id, expected)
         await db.execute(
             "INSERT INTO contacts (project_id, email, email_normalized, first_name)"
             " VALUES ($1, 'cy@example.com', 'cy@example.com', 'Someone')",
@@ -135,3 +135,19 @@ def test_the_contacts_are_read_only_for_a_file_large_next_to_them() -> None:
     assert not worth_reading(0, 1_000)
     assert worth_reading(4_000, 1_000)
     assert not worth_reading(4_001, 1_000)
+
+
+async def test_the_contacts_read_are_the_same_however_many_were_expected(
+    api: Api, db: asyncpg.Connection
+) -> None:
+    await db.execute(
+        "INSERT INTO contacts (project_id, email, email_normalized, first_name)"
+        " SELECT $1, 'u' || i || '@x.io', 'u' || i || '@x.io', 'U' || i"
+        " FROM generate_series(1, 3000) i",
+        api.project_id,
+    )
+    few = await read_known(db, api.project_id, 10)  # the arrays grow
+    enough = await read_known(db, api.project_id, 3000)
+    assert len(few) == len(enough) == 3000
+    assert few.keys.tolist() == enough.keys.tolist()
+    assert few.lines.tolist() == enough.lines.tolist()

@@ -431,7 +431,7 @@ class _ImportRun:
 
     async def _read_known(self, project_id: int) -> KnownContacts:
         async with self.pool.acquire() as reader:
-            return await read_known(reader, project_id)
+            return await read_known(reader, project_id, self.known)
 
     async def _parsing(self, conn: Connection, job: JobRow, after: int) -> _Parser:
         if self.parser is None:
