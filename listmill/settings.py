@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     db_pool_min: int = 1
-    db_pool_max: int = 10
+    db_pool_max: int = 20
     db_statement_cache_size: int = 100
 
     queue_prefix: str = "listmill"
