@@ -34,6 +34,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.DeadlockDetectedError,
+    asyncpg.LockNotAvailableError,  # an overlapped batch's lock_timeout (_Batches._batch)
     asyncpg.SerializationError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
@@ -144,6 +145,9 @@ async def _run_plan(
     await _Batches(plan, job, lease, pool, settings, progress).write(heart)
 
 
+_LOCK_TIMEOUT = "SET LOCAL lock_timeout = {:d}"
+
+
 class _BatchAbandoned(Exception):
     """The batch before this one was not committed: this one is rolled back unfinished."""
 
@@ -187,6 +191,9 @@ class _Batches:
         before: _Turn | None = None
         try:
             while position < total or writing:
+                if writing and writing[0].done():  # the oldest ended: its outcome comes first
+                    await writing.popleft()
+                    continue
                 depth = await self._depth(len(writing))
                 if position < total and len(writing) < depth:
                     if heart.done():
@@ -201,21 +208,24 @@ class _Batches:
                             await writing.popleft()
                     continue
                 await writing.popleft()  # the oldest: it commits first, or raises first
-        except asyncio.CancelledError:  # the worker shuts down: the batches being written stop
+        except BaseException:  # a batch failed, or the worker shuts down: the others stop
             for task in writing:
                 task.cancel()
             raise
-        finally:  # a batch after one that raised ends at its wait for it, rolled back
+        finally:
             await _settle(list(writing))
 
     async def _depth(self, writing: int) -> int:
         """How many batches may be written at a time: two for a plan with an overlap, but
-        one while a job of another lane waits or runs (on two cores, two batches leave it
-        little of either: small jobs keep their latency so)."""
+        one while another job of the project, or a job of another lane, waits or runs. On
+        two cores, two batches leave a small job little of either; and a batch written
+        ahead holds the locks of its rows while it waits here for the batch before, a wait
+        Postgres cannot see: with another writer of the same contacts between them, neither
+        would ever go on (see _batch)."""
         if self.plan.overlap is None or writing != 1:
             return 1 if self.plan.overlap is None else 2
         async with self.pool.acquire() as conn:
-            busy = await queries.other_lanes_busy(conn, self.job.lane)
+            busy = await queries.others_busy(conn, self.job.id, self.job.project_id, self.job.lane)
         return 1 if busy else 2
 
     async def _batch(
@@ -225,6 +235,9 @@ class _Batches:
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 if plan.overlap is not None:
+                    # a lock wait that long may be one Postgres cannot see as a deadlock (a
+                    # job of the project that began after _depth looked): retried as such
+                    await conn.execute(_LOCK_TIMEOUT.format(self.settings.batch_lock_timeout_ms))
                     await plan.overlap.take(conn, job, after, upto)
                     taken.set()
                     await plan.overlap.write_ahead(conn, job, after, upto)

@@ -206,16 +206,20 @@ async def heartbeat(conn: Connection, job_id: UUID, lease_token: UUID, lease_sec
     return bool(status == "UPDATE 1")
 
 
-async def other_lanes_busy(conn: Connection, lane: str) -> bool:
-    """Whether a job of another lane is running, or queued and due."""
+async def others_busy(conn: Connection, job_id: UUID, project_id: int, lane: str) -> bool:
+    """Whether another job of the project, or a job of another lane, is running, or queued
+    and due."""
     busy = await conn.fetchval(
         """
         SELECT EXISTS (
             SELECT 1 FROM jobs
-            WHERE status IN ('queued', 'running') AND lane <> $1
+            WHERE status IN ('queued', 'running') AND id <> $1
+              AND (project_id = $2 OR lane <> $3)
               AND (status = 'running' OR run_after IS NULL OR run_after <= now())
         )
         """,
+        job_id,
+        project_id,
         lane,
     )
     return bool(busy)

@@ -243,6 +243,7 @@ class _Parser:
     )
     errors_kept: int = 0
     position: int = 0  # rows parsed so far
+    failed: BaseException | None = None  # why parsing ended early, once a batch met it
     filling: _Batch = field(init=False)  # the batch being filled
 
     def __post_init__(self) -> None:
@@ -370,8 +371,11 @@ class _Parser:
             outcome.errors_dropped += 1
 
     async def batch(self, after: int, upto: int) -> _Batch:
+        if self.failed is not None:  # it ended: every later batch fails as the first did
+            raise self.failed
         batch = await self.ready.get()
         if isinstance(batch, BaseException):
+            self.failed = batch
             raise batch
         if (batch.after, batch.upto) != (after, upto):
             raise RuntimeError(f"parsed rows ({batch.after}, {batch.upto}] for ({after}, {upto}]")
@@ -493,7 +497,9 @@ class _ImportRun:
                 outcome.counts.pop(counted, None)
             outcome.errors_dropped = 0
         if not job.params["dry_run"]:
-            self.all_new = await _apply_batch(conn, job, batch, completed, self.all_new)
+            merged_ahead = batch.merged is not None  # then write_ahead set all_new already
+            none_existed = await _apply_batch(conn, job, batch, completed, self.all_new)
+            self.all_new = self.all_new if merged_ahead else none_existed
             self.known += outcome.counts["created"]
             await contact_queries.keep_statistics(conn, job.project_id, self.known)
             return outcome
