@@ -395,16 +395,26 @@ async def keep_statistics(conn: Connection, project_id: int, known: int) -> bool
     statistics do not know (a new one) is believed to hold about one contact, and a lookup
     by email was then planned as a walk of the project's (project_id, id) index, once per
     email: minutes per batch. As the import doubles a project, it ANALYZEs about once."""
-    if known < 1000:
-        return False
-    plan = await conn.fetchval(
-        f"EXPLAIN (FORMAT JSON) SELECT 1 FROM contacts WHERE project_id = {int(project_id)}"
-    )
-    believed = plan[0]["Plan"]["Plan Rows"]  # the pool decodes json
-    if believed * 2 >= known:
+    if known < 1000 or await believed_count(conn, project_id) * 2 >= known:
         return False
     await conn.execute("ANALYZE contacts")
     return True
+
+
+async def believed_count(conn: Connection, project_id: int) -> int:
+    """How many contacts the planner believes the project has (no row is read)."""
+    plan = await conn.fetchval(
+        f"EXPLAIN (FORMAT JSON) SELECT 1 FROM contacts WHERE project_id = {int(project_id)}"
+    )
+    return int(plan[0]["Plan"]["Plan Rows"])  # a pool's connection decodes json
+
+
+async def has_contacts(conn: Connection, project_id: int) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM contacts WHERE project_id = $1)", project_id
+        )
+    )
 
 
 async def count_project(conn: Connection, project_id: int) -> int:

@@ -409,11 +409,10 @@ class _ImportRun:
         """Pass one; meanwhile, if the import may skip unchanged rows without asking
         Postgres (knowncontacts), the project's contacts are read on another connection,
         and kept if the file proves large enough next to them."""
-        self.known = await contact_queries.count_project(conn, job.project_id)
         params = job.params
         reading = None
         if (
-            self.known > 0
+            await contact_queries.has_contacts(conn, job.project_id)
             and params["mode"] != "mirror"  # it stages every row
             and params.get("list_id") is None  # whose every row is joined to the list
             and not params["resubscribe"]
@@ -421,6 +420,7 @@ class _ImportRun:
         ):
             reading = asyncio.create_task(self._read_known(job.project_id))
         try:
+            self.known = await contact_queries.count_project(conn, job.project_id)
             keys = await file_key_hashes(conn, job, self.hashes)
             repeats = repeats_of(keys)
             if reading is not None and worth_reading(self.known, repeats.total):
@@ -435,7 +435,8 @@ class _ImportRun:
 
     async def _read_known(self, project_id: int) -> KnownContacts:
         async with self.pool.acquire() as reader:
-            return await read_known(reader, project_id, self.known)
+            believed = await contact_queries.believed_count(reader, project_id)
+            return await read_known(reader, project_id, believed)
 
     async def _parsing(self, conn: Connection, job: JobRow, after: int) -> _Parser:
         if self.parser is None:
