@@ -63,9 +63,9 @@ class Settings(BaseSettings):
     job_max_attempts: int = 5
     job_retry_base_seconds: float = 1.0
     job_lease_seconds: int = 30
-    # a batch written beside another (an import's) gives up a lock wait this long, and is
-    # retried: it may be a deadlock Postgres cannot see (worker/runner.py _Batches._depth)
-    batch_lock_timeout_ms: int = 10_000
+    # a batch written ahead of another (an import's) waits this long for it to commit, then
+    # gives up and the job is retried: it may be a deadlock Postgres cannot see (runner._Turn)
+    batch_overlap_wait_seconds: float = 30.0
     job_heartbeat_seconds: float = 5.0
     job_stale_queued_seconds: int = 30
     job_error_cap: int = 10_000

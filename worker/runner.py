@@ -34,7 +34,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.DeadlockDetectedError,
-    asyncpg.LockNotAvailableError,  # an overlapped batch's lock_timeout (_Batches._batch)
     asyncpg.SerializationError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
@@ -145,7 +144,9 @@ async def _run_plan(
     await _Batches(plan, job, lease, pool, settings, progress).write(heart)
 
 
-_LOCK_TIMEOUT = "SET LOCAL lock_timeout = {:d}"
+class BatchWaitTimeout(TimeoutError):
+    """A batch written ahead waited too long for the batch before to commit (_Turn): it is
+    rolled back, and the job retried as after any transient error."""
 
 
 class _BatchAbandoned(Exception):
@@ -160,9 +161,16 @@ class _Turn:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     cancel: bool | None = None
 
-    async def committed(self) -> None:
-        """Wait for the batch's end; raise unless it committed and no cancel was asked."""
-        await self.ended.wait()
+    async def committed(self, patience: float) -> None:
+        """Wait for the batch's end; raise unless it committed and no cancel was asked. The
+        batch after it, written ahead, holds its rows' locks meanwhile, a wait Postgres
+        cannot see: were another writer of those contacts in between (a job of the project
+        that began after _depth looked), the three would wait for each other for good. So
+        it gives up after ``patience`` seconds."""
+        try:
+            await asyncio.wait_for(self.ended.wait(), patience)
+        except TimeoutError:
+            raise BatchWaitTimeout(f"the batch before did not commit in {patience} s") from None
         if self.cancel is None:
             raise _BatchAbandoned()
         if self.cancel:
@@ -202,10 +210,7 @@ class _Batches:
                     batch = self._batch(position, upto, before, turn, taken)
                     writing.append(asyncio.create_task(batch))
                     before, position = turn, upto
-                    if len(writing) < depth:  # the next may start once this one took its items
-                        await _first_of(writing[-1], taken)
-                        if writing[-1].done():  # it ended already: before any other starts
-                            await writing.popleft()
+                    await _first_of(writing[-1], taken)  # batches take their items in order
                     continue
                 await writing.popleft()  # the oldest: it commits first, or raises first
         except BaseException:  # a batch failed, or the worker shuts down: the others stop
@@ -221,7 +226,7 @@ class _Batches:
         two cores, two batches leave a small job little of either; and a batch written
         ahead holds the locks of its rows while it waits here for the batch before, a wait
         Postgres cannot see: with another writer of the same contacts between them, neither
-        would ever go on (see _batch)."""
+        would ever go on (see _Turn)."""
         if self.plan.overlap is None or writing != 1:
             return 1 if self.plan.overlap is None else 2
         async with self.pool.acquire() as conn:
@@ -235,14 +240,11 @@ class _Batches:
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 if plan.overlap is not None:
-                    # a lock wait that long may be one Postgres cannot see as a deadlock (a
-                    # job of the project that began after _depth looked): retried as such
-                    await conn.execute(_LOCK_TIMEOUT.format(self.settings.batch_lock_timeout_ms))
                     await plan.overlap.take(conn, job, after, upto)
                     taken.set()
                     await plan.overlap.write_ahead(conn, job, after, upto)
-                if before is not None:
-                    await before.committed()
+                if before is not None:  # ended already, unless this one was written ahead
+                    await before.committed(self.settings.batch_overlap_wait_seconds)
                 outcome = await plan.apply_range(conn, job, after, upto)
                 cancel = await self.progress.commit(conn, self.lease, upto, outcome, self.settings)
             turn.cancel = cancel

@@ -35,6 +35,7 @@ class Recorder:
 
     fail_at: int | None = None  # the batch whose apply_range raises
     overlapping: bool = True  # whether each ahead part waits for the next batch's take
+    slow_takes: frozenset[int] = frozenset()  # batches slow to take their items
     steps: list[tuple[str, int]] = field(default_factory=list)
     taken: dict[int, asyncio.Event] = field(default_factory=dict)
 
@@ -46,6 +47,8 @@ class Recorder:
         await conn.execute("INSERT INTO overlap_marks VALUES ($1, $2)", step, after)
 
     async def take(self, conn: Connection, job: JobRow, after: int, upto: int) -> None:
+        if after in self.slow_takes:
+            await asyncio.sleep(0.3)
         await self.mark(conn, "take", after)
         self.event(after).set()
 
@@ -170,4 +173,16 @@ async def test_one_batch_at_a_time_while_another_lane_has_a_job(
         assert recorder.steps.index(("take", after + BATCH)) > recorder.steps.index(
             ("apply", after)
         )
+    assert await progress(db, job) == (ROWS, {"seen": ROWS})
+
+
+async def test_batches_take_their_items_in_order_however_slow_one_is(
+    claimed: tuple[JobRow, UUID], worker_context: WorkerContext, db: asyncpg.Connection
+) -> None:
+    """Found by a review: the second batch written was not waited for; once the first
+    committed, a third could take its items before it (the import's parser refuses that)."""
+    job, lease = claimed
+    recorder = Recorder(overlapping=False, slow_takes=frozenset({2}))
+    await run(recorder, job, lease, worker_context)
+    assert [after for step, after in recorder.steps if step == "take"] == [0, 2, 4, 6]
     assert await progress(db, job) == (ROWS, {"seen": ROWS})

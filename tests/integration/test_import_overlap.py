@@ -19,14 +19,14 @@ from tests.integration.test_import import upload
 from worker.context import WorkerContext
 from worker.jobs import csv_import
 from worker.jobs.csv_import import import_plan
-from worker.runner import TRANSIENT_ERRORS, _run_plan
+from worker.runner import TRANSIENT_ERRORS, BatchWaitTimeout, _run_plan
 
 
 @pytest.fixture
 def settings(database_url: str, redis_url: str) -> Settings:
     return make_settings(
         database_url, redis_url, upload_chunk_bytes=4096, import_batch_size=50,
-        db_pool_max=20, batch_lock_timeout_ms=500,
+        db_pool_max=20, batch_overlap_wait_seconds=3,
     )  # fmt: skip
 
 
@@ -89,7 +89,8 @@ async def test_two_imports_of_one_project_never_wait_for_each_other_for_good(
     """Found by a review: batch two of each import held a contact the other's batch one
     needed, and waited in Python for its own batch one; Postgres saw no deadlock. Now an
     import writes one batch at a time beside another job of its project; and if it looked
-    before the other began, a lock wait gives up after batch_lock_timeout_ms, retried."""
+    before the other began, the batch written ahead gives up its wait (and its locks) after
+    batch_overlap_wait_seconds: the job is retried."""
     settings = settings.model_copy(update={"import_batch_size": 2})
     for email in ("x@example.com", "y@example.com"):
         await db.execute(
@@ -115,7 +116,7 @@ async def test_two_imports_of_one_project_never_wait_for_each_other_for_good(
     for task in done:  # each finished, or failed as a deadlock is (retried)
         assert task.exception() is None or isinstance(task.exception(), TRANSIENT_ERRORS)
     if looked_too_early:
-        assert any(isinstance(t.exception(), asyncpg.LockNotAvailableError) for t in done)
+        assert any(isinstance(t.exception(), BatchWaitTimeout) for t in done)
 
 
 async def _never_busy(*args: Any) -> bool:
