@@ -428,9 +428,11 @@ class _ImportRun:
                 if len(self.existing) > repeats.total:  # only the file's are worth keeping
                     self.existing = self.existing.only(keys)
         finally:
-            if reading is not None and not reading.done():
-                reading.cancel()
+            if reading is not None:
+                reading.cancel()  # if not done: not needed, or this pass failed
                 await asyncio.wait([reading])
+                if not reading.cancelled():
+                    reading.exception()  # the error of a read not used is no one's
         return repeats
 
     async def _read_known(self, project_id: int) -> KnownContacts:
