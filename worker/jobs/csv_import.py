@@ -560,9 +560,8 @@ async def _merge_unique(
     """Merge the batch's rows whose email no other row has; their (email_normalized,
     row_number, email) in file order if they are to be joined to anything, and whether all
     of them were new contacts. The rows parsed one by one join the fast ones as columns.
-    With ``all_new`` (the batch before had no existing contact either) they are COPYed
-    straight into contacts, in email order; otherwise, or if that COPY meets an existing
-    contact, they are merged from a temporary table, in which Postgres tells the new and the
+    Rows known to be new (see below) are COPYed straight into contacts, in email order; the
+    others are merged from a temporary table, in which Postgres tells the new and the
     changed ones. A mirror import's rows are staged already, and merged from there."""
     outcome, mode = batch.outcome, _mode(job)
     rows = concat(batch.fast)
@@ -574,27 +573,30 @@ async def _merge_unique(
             conn, job.project_id, job.id, batch.after, batch.upto, mode
         )
         _count(outcome, *counts)
-    elif batch.new is not None:  # compared with the contacts as the import began
-        if len(batch.new) and not await _copy_new(conn, job, batch.new, outcome):
-            rows = concat([rows, batch.new])  # someone made one of them meanwhile
-        if rows:
+    else:
+        # by COPY: the rows no contact had as the import began, if it read them (existing),
+        # else all of them while no batch has met an existing contact; the others, and those
+        # too if their COPY meets a contact someone made meanwhile, are merged
+        if batch.new is not None:
+            to_copy, to_merge = batch.new, rows
+        else:
+            to_copy, to_merge = (rows, concat([])) if all_new else (concat([]), rows)
+        if len(to_copy) and not await _copy_new(conn, job, to_copy, outcome):
+            to_merge = concat([to_merge, to_copy])
+        if to_merge:
             created, changed = await contact_queries.merge_text(
-                conn, job.project_id, rows.copy_text(job.project_id), mode
+                conn, job.project_id, to_merge.copy_text(job.project_id), mode
             )
-            _count(outcome, len(rows), created, changed)
-        none_existed = False
-    elif rows and not (all_new and await _copy_new(conn, job, rows, outcome)):
-        created, changed = await contact_queries.merge_text(
-            conn, job.project_id, rows.copy_text(job.project_id), mode
-        )
-        _count(outcome, len(rows), created, changed)
-        none_existed = created == len(rows)
+            _count(outcome, len(to_merge), created, changed)
+            none_existed = created == len(to_merge)
     if job.params.get("list_id") is None and not job.params["resubscribe"]:
         return [], none_existed  # nothing to join them to
+    if batch.new is not None:
+        rows = concat([rows, batch.new])  # every one of them is joined
     emails, numbers = rows.column("email_normalized"), rows.column("row_number")
-    merged = list(zip(emails, numbers, rows.column("email"), strict=True))
-    merged.sort(key=lambda row: row[1])  # in file order: so are the error rows of the joins
-    return merged, none_existed
+    joined = list(zip(emails, numbers, rows.column("email"), strict=True))
+    joined.sort(key=lambda row: row[1])  # in file order: so are the error rows of the joins
+    return joined, none_existed
 
 
 async def _copy_new(conn: Connection, job: JobRow, rows: Contacts, outcome: BatchOutcome) -> bool:
