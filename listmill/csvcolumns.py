@@ -39,9 +39,13 @@ _OTHER_WHITESPACE = (
 )
 # a simple block's only whitespace (a tab only where it is the delimiter, inside quotes)
 _WHITESPACE = " \t"
+# how Postgres escapes a character in a jsonb's text (others below the space as \u00XX)
+_JSONB_ESCAPES = {
+    '"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t",
+}  # fmt: skip
 # what a simple block's value may hold that JSON text must escape (the other control
-# characters are refused)
-_JSON_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\t", "\\t"))
+# characters are refused), the backslash first
+_JSON_ESCAPES = tuple((char, _JSONB_ESCAPES[char]) for char in '\\"\t')
 # the common shape of an address, as validation._COMMON (which the tests compare it with)
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 COMMON_EMAIL = (
@@ -294,7 +298,7 @@ def _data(header: Header, values: list[Any]) -> Any:
     Postgres writes the jsonb of it (keys by length, then bytes; ", " and ": "), so that a
     contact's line (Contacts.lines) is the one Postgres gives for it once stored."""
     pieces = []
-    for index, column in sorted(header.custom, key=lambda c: (len(c[1].encode()), c[1].encode())):
+    for index, column in sorted(header.custom, key=lambda custom: _jsonb_order(custom[1])):
         value = values[index]
         escaped = _escaped(value, _JSON_ESCAPES)
         piece = pc.binary_join_element_wise(f", {jsonb_string(column)}: " + '"', escaped, '"', "")
@@ -321,15 +325,16 @@ def _escaped(values: Any, escapes: Sequence[tuple[str, str]]) -> Any:
     return values
 
 
-_JSONB_ESCAPES = {
-    '"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t",
-}  # fmt: skip
-
-
 def jsonb_text(data: dict[str, str]) -> str:
     """A row's data as Postgres writes the jsonb of it (as _data does, a row at a time)."""
-    keys = sorted(data, key=lambda key: (len(key.encode()), key.encode()))
+    keys = sorted(data, key=_jsonb_order)
     return "{" + ", ".join(f"{jsonb_string(k)}: {jsonb_string(data[k])}" for k in keys) + "}"
+
+
+def _jsonb_order(key: str) -> tuple[int, bytes]:
+    """Where a jsonb puts a key: by its length in bytes, then its bytes."""
+    raw = key.encode()
+    return len(raw), raw
 
 
 def jsonb_string(text: str) -> str:
