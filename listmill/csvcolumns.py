@@ -5,14 +5,13 @@ A block of records with no control character (but its line ends), no whitespace 
 a line and the header's number of fields on every line is one that Arrow's CSV reader reads as
 ``csv.reader`` does, quoted fields (doubled quotes, delimiters inside) included: such a block
 (``simple_block``) is parsed by Arrow, and its rows are validated column by column; its new
-contacts go to ``COPY`` as CSV text without a Python object per row. A row whose email has an
-unusual shape, or with a value past its limit, is handed back as a ``ParsedRow`` for the
+contacts go to ``COPY`` in its text format without a Python object per row. A row whose email
+has an unusual shape, or with a value past its limit, is handed back as a ``ParsedRow`` for the
 row-by-row rules of ``csvimport``; what comes out is the same, row for row, as if every row had
 gone that way (tests/unit/test_csvcolumns.py compares them)."""
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -220,7 +219,10 @@ class Columns:
     def fast_contacts(self, first_position: int) -> Contacts:
         """The rows that passed, with their position (``first_position`` is the first row's)."""
         table = self.contacts.append_column("position", _positions(first_position, len(self)))
-        return Contacts(table.append_column("row_number", self.numbers).filter(self.fast))
+        table = table.append_column("row_number", self.numbers)
+        if not pc.all(self.fast).as_py():  # (in most blocks every row is: no copy then)
+            table = table.filter(self.fast)
+        return Contacts(table)
 
     def slow_rows(self) -> Iterator[tuple[int, int, list[str]]]:
         """(index, row number, values) of the rows that go row by row."""
@@ -310,8 +312,9 @@ def _data(header: Header, values: list[Any]) -> Any:
     return pc.binary_join_element_wise("{", pc.utf8_slice_codeunits(joined, 2), "}", "")
 
 
-# what COPY's text format escapes that a fast row's value may hold
-_COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"))
+# what COPY's text format escapes: the backslash, the tab and line ends (which only rows parsed
+# one by one may hold: a fast row holds no control character but the tab)
+_COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
 
 
 def _escaped(values: Any, escapes: Sequence[tuple[str, str]]) -> Any:
@@ -370,14 +373,10 @@ class Contacts:
             yield (*row[:-1], orjson.loads(row[-1]))
 
     def lines(self) -> pa.Array:
-        """Each row as Postgres writes its contact in COPY's text format (LINE_COLUMNS, tab
-        between, NULL as \\N, backslash and tab escaped): for fast rows, whose values hold no
-        other control character, and whose data is written as Postgres writes it (_data)."""
-        columns = []
-        for name in LINE_COLUMNS:
-            column = _escaped(self.table.column(name), _COPY_ESCAPES)
-            columns.append(pc.fill_null(column, "\\N"))
-        return pc.binary_join_element_wise(*columns, "\t").combine_chunks()
+        """Each row as Postgres writes its contact in COPY's text format (LINE_COLUMNS): for
+        fast rows, whose values hold no control character COPY would write as an escape but
+        the tab, and whose data is written as Postgres writes it (_data)."""
+        return self._text_format(LINE_COLUMNS)
 
     def ahead(self, project_id: int) -> Contacts:
         """These rows with their copy_text made now (by the parsing task, while the batch
@@ -385,20 +384,26 @@ class Contacts:
         return Contacts(self.table, self.copy_text(project_id))
 
     def copy_text(self, project_id: int) -> bytes:
-        """The rows as COPY's CSV (project_id, then CONTACT_COLUMNS), sorted by email (an
-        index fills fastest in key order)."""
+        """The rows in COPY's text format (CONTACT_COLUMNS, then project_id), sorted by email
+        (an index fills fastest in key order)."""
         if self.text is not None:
             return self.text
-        table = self.table.select(list(CONTACT_COLUMNS))
-        table = table.take(pc.sort_indices(table, [("email_normalized", "ascending")]))
-        project = pa.array([project_id] * table.num_rows, pa.int64())
-        out = io.BytesIO()
-        pacsv.write_csv(
-            table.add_column(0, "project_id", project),
-            out,
-            write_options=pacsv.WriteOptions(include_header=False),
-        )
-        return out.getvalue()
+        if not len(self):
+            return b""
+        lines = self._text_format(CONTACT_COLUMNS, f"{project_id}\n")
+        lines = lines.take(pc.sort_indices(self.table.column("email_normalized")))
+        _, offsets, data = lines.buffers()  # the lines one after another: the text
+        at = np.frombuffer(offsets, dtype=np.int32)
+        first, last = int(at[lines.offset]), int(at[lines.offset + len(lines)])
+        return bytes(data.slice(first, last - first).to_pybytes())
+
+    def _text_format(self, names: Sequence[str], *last: str) -> pa.Array:
+        """A line of COPY's text format a row: these columns escaped, NULL as \\N, and
+        ``last`` after them (the join needs no more: a value after a separator)."""
+        columns = [self.table.column(name) for name in names]
+        values = [pc.fill_null(_escaped(column, _COPY_ESCAPES), "\\N") for column in columns]
+        line = pc.binary_join_element_wise(*values, *last, "\t")
+        return line.combine_chunks() if isinstance(line, pa.ChunkedArray) else line
 
 
 def contacts_of(rows: Sequence[Sequence[Any]]) -> Contacts:

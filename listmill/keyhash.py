@@ -70,7 +70,12 @@ def hashes_at(
     starts = starts.astype(np.intp)
     hashed = lengths.astype(np.uint64) * _MULTIPLIER ^ _SEED
     longest = int(lengths.max()) if len(lengths) else 0
+    shortest = int(lengths.min()) if len(lengths) else 0
     for at in range(0, longest if limit is None else min(longest, limit), 8):
+        if at + 8 <= shortest:  # a whole word of every key: nothing to cut, nobody to skip
+            hashed = (hashed ^ words[starts + at]) * _MULTIPLIER
+            hashed ^= hashed >> np.uint64(31)
+            continue
         left = lengths - at  # the key's bytes from this word on
         word = words[np.minimum(starts + at, size)]
         cut = (np.clip(8 - left, 0, 7) * 8).astype(np.uint64)

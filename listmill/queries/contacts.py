@@ -338,18 +338,23 @@ async def merge_held(
     return _counts(row)
 
 
+# the project last: a line of an import's COPY text ends with it (Contacts.copy_text)
 NEW_COLUMNS = (
-    "project_id", "email", "email_normalized", "first_name", "last_name", "country", "time_zone",
-    "data",
+    "email", "email_normalized", "first_name", "last_name", "country", "time_zone", "data",
+    "project_id",
 )  # fmt: skip
 
 
 async def copy_new_text(conn: Connection, text: bytes) -> None:
-    """COPY new contacts in, given as COPY's CSV text in the order of NEW_COLUMNS (an import's
+    """COPY new contacts in, given in COPY's text format in the order of NEW_COLUMNS (an import's
     rows, csvcolumns.Contacts.copy_text, sorted by email: an index fills fastest so). Raises
     UniqueViolationError if one of them exists after all."""
     if text:
-        await conn.copy_to_table("contacts", source=_whole(text), columns=NEW_COLUMNS, format="csv")
+        await _copy_in(conn, "contacts", text)
+
+
+async def _copy_in(conn: Connection, table: str, text: bytes) -> None:
+    await conn.copy_to_table(table, source=_whole(text), columns=NEW_COLUMNS, format="text")
 
 
 async def _whole(text: bytes) -> AsyncIterator[bytes]:
@@ -365,7 +370,7 @@ async def merge_text(conn: Connection, project_id: int, text: bytes, mode: str) 
     # a statement of a batch is planned to cost enough for JIT compilation, which took longer
     # (5 ms) than it saved; the setting lasts until the batch's transaction ends
     await conn.execute(f"SET LOCAL jit = off; {_BATCH_TABLE}")
-    await conn.copy_to_table("import_batch", source=_whole(text), columns=NEW_COLUMNS, format="csv")
+    await _copy_in(conn, "import_batch", text)
     [row] = await fetch_planned(conn, MERGE_BATCH[mode], project_id)
     return int(row["created"]), int(row["changed"])
 

@@ -88,6 +88,40 @@ async def test_real_world_file_gives_exact_counts_and_errors(
     assert await db.fetchval("SELECT count(*) FROM import_rows") == 0
 
 
+# values that COPY's text format must escape: a line end (CRLF, LF, CR), a tab, backslashes,
+# and what reads as NULL or as the end of the data where it is not escaped
+ESCAPED = ("Multi\r\nline", "two\nlines", "cr\ronly", "tab\there", "c:\\dir\\", "\\N", "\\.")
+
+
+async def test_values_copy_escapes_are_stored_as_given_new_or_merged(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    """New contacts go in by COPY and existing ones through a merge from a COPYed batch: in
+    both, each value is stored as the file gives it (and a blank is no value)."""
+
+    def csv_of(names: list[str]) -> bytes:
+        lines = ["email,first_name,last_name,Note"]
+        for i, name in enumerate(names):
+            quoted = '"' + name.replace('"', '""') + '"'
+            lines.append(f"p{i}@example.com,{quoted},{quoted},{quoted}")
+        return ("\r\n".join(lines) + "\r\n").encode()
+
+    async def stored() -> list[tuple[Any, ...]]:
+        rows = await db.fetch(
+            "SELECT first_name, last_name, data->>'Note' FROM contacts ORDER BY id"
+        )
+        return [tuple(r) for r in rows]
+
+    names = list(ESCAPED)
+    job = await run_import(api, run_jobs, csv_of(names))
+    assert job["counts"] == {"created": len(names)}, job
+    assert await stored() == [(n, n, n) for n in names]
+    changed = [f"{n} again" for n in reversed(names)]
+    job = await run_import(api, run_jobs, csv_of(changed))
+    assert job["counts"] == {"updated": len(names)}, job
+    assert await stored() == [(n, n, n) for n in changed]
+
+
 async def test_raw_text_csv_body_with_tabs(api: Api, run_jobs: RunJobs) -> None:
     status, body = await upload(api, b"email\tcountry\nt@example.com\tDE\n", multipart=False)
     assert status == 202
@@ -635,7 +669,7 @@ async def test_the_fast_path_writes_what_the_row_by_row_path_writes(
 ) -> None:
     """Two projects import the same files, one with the fast path (csvcolumns) and one with
     every row parsed one by one: the same counts, error rows and contacts, for new contacts
-    (COPYed as CSV text) and for existing ones (compared and merged)."""
+    (COPYed in COPY's text format) and for existing ones (compared and merged)."""
     settings.upload_chunk_bytes = 3000  # many blocks: most of them simple, some not
     first, second = _mixed_file(1, 600), _mixed_file(2, 600)
 

@@ -251,7 +251,7 @@ def test_common_email_shape_is_the_validation_one() -> None:
     assert matched == [bool(_COMMON.fullmatch(e)) for e in emails]
 
 
-def test_copy_text_is_csv_of_the_contacts_sorted_by_email() -> None:
+def test_copy_text_is_copy_text_format_of_the_contacts_sorted_by_email() -> None:
     data = b"email,first_name,Plan\nB@example.com,Bo,pro\na@example.com,,\n"
     header = read_header(data)
     [block] = CsvReader(header, simple=True).feed(data)
@@ -261,9 +261,10 @@ def test_copy_text_is_csv_of_the_contacts_sorted_by_email() -> None:
         (1, 2, "B@example.com", "b@example.com", "Bo", None, None, None, {"Plan": "pro"}),
         (2, 3, "a@example.com", "a@example.com", None, None, None, None, {}),
     ]
-    assert contacts.copy_text(7).decode().splitlines() == [
-        '7,"a@example.com","a@example.com",,,,,"{}"',
-        '7,"B@example.com","b@example.com","Bo",,,,"{""Plan"": ""pro""}"',
+    assert contacts.copy_text(7).decode().split("\n") == [
+        "a@example.com\ta@example.com\t\\N\t\\N\t\\N\t\\N\t{}\t7",
+        'B@example.com\tb@example.com\tBo\t\\N\t\\N\t\\N\t{"Plan": "pro"}\t7',
+        "",
     ]
     # rows parsed one by one become the same columns, and COPY text, as these
     again = contacts_of(list(contacts.rows()))
