@@ -246,7 +246,7 @@ def columns_of(header: Header, block: Block) -> Columns:
     fast = _all(
         [
             pc.match_substring_regex(normalized, COMMON_EMAIL),
-            pc.less_equal(pc.find_substring(normalized, "@"), MAX_LOCAL_PART),
+            _local_part_within(normalized),
             pc.invert(pc.match_substring_regex(normalized, _SPECIAL_TLD)),
             _within(email, MAX_EMAIL_LENGTH),
             *(_within(column, MAX_FIELD_LENGTH) for column in raw),
@@ -284,6 +284,15 @@ def _within(values: Any, limit: int) -> Any:
     return pc.less_equal(pc.utf8_length(values), limit)
 
 
+def _local_part_within(emails: Any) -> Any:
+    """Whether each email's local part (before its @) has at most MAX_LOCAL_PART characters:
+    looked for only where an email is long enough to have a longer one (the domain of the
+    common shape has four characters at least)."""
+    if (pc.max(pc.binary_length(emails)).as_py() or 0) <= MAX_LOCAL_PART + len("@a.bc"):
+        return pa.scalar(True)
+    return pc.less_equal(pc.find_substring(emails, "@"), MAX_LOCAL_PART)
+
+
 def _all(masks: Any) -> Any:
     result = None
     for mask in masks:
@@ -298,18 +307,45 @@ def _blank_as_null(values: Any) -> Any:
 def _data(header: Header, values: list[Any]) -> Any:
     """The custom columns' non-blank values as a JSON object, one text per row, written as
     Postgres writes the jsonb of it (keys by length, then bytes; ", " and ": "), so that a
-    contact's line (Contacts.lines) is the one Postgres gives for it once stored."""
-    pieces = []
+    contact's line (Contacts.lines) is the one Postgres gives for it once stored. One join
+    makes it: before each value that is there, its key, after the closing quote of the value
+    before if there is one (which of a row's values are blank differs from row to row)."""
+    if not header.custom:
+        return pa.repeat("{}", len(values[header.email_index]))
+    pieces: list[Any] = ["{"]
+    earlier: Any = False  # whether a row has a value in a column before: a mask, or for all
     for index, column in sorted(header.custom, key=lambda custom: _jsonb_order(custom[1])):
         value = values[index]
-        escaped = _escaped(value, _JSON_ESCAPES)
-        piece = pc.binary_join_element_wise(f", {jsonb_string(column)}: " + '"', escaped, '"', "")
-        pieces.append(pc.if_else(pc.equal(value, ""), "", piece))
-    if not pieces:
-        return pa.repeat("{}", len(values[header.email_index]))
-    # (not null_handling="skip": pyarrow 26 leaves rows out of the result with it)
-    joined = pieces[0] if len(pieces) == 1 else pc.binary_join_element_wise(*pieces, "")
-    return pc.binary_join_element_wise("{", pc.utf8_slice_codeunits(joined, 2), "}", "")
+        key = f"{jsonb_string(column)}: " + '"'
+        present = _all_or_none(pc.greater(pc.binary_length(value), 0))
+        pieces.append(_choose(present, _choose(earlier, '", ' + key, key), ""))
+        pieces.append(_escaped(value, _JSON_ESCAPES))
+        earlier = _or(earlier, present)
+    pieces.append(_choose(earlier, '"}', "}"))
+    return pc.binary_join_element_wise(*pieces, "")
+
+
+def _all_or_none(mask: Any) -> Any:
+    """True or False if the mask is that throughout, else the mask."""
+    if pc.all(mask).as_py() is not False:
+        return True
+    return False if not pc.any(mask).as_py() else mask
+
+
+def _choose(mask: Any, if_true: Any, if_false: Any) -> Any:
+    """pc.if_else, where the mask may be one for all rows."""
+    if mask is True or mask is False:
+        return if_true if mask else if_false
+    return pc.if_else(mask, if_true, if_false)
+
+
+def _or(left: Any, right: Any) -> Any:
+    """pc.or_, where either mask may be one for all rows."""
+    if left is True or right is True:
+        return True
+    if left is False or right is False:
+        return right if left is False else left
+    return pc.or_(left, right)
 
 
 # what COPY's text format escapes: the backslash, the tab and line ends (which only rows parsed
@@ -354,7 +390,7 @@ class Contacts:
     ``row_number``; ``data`` is JSON text. ``text``: their copy_text, if made ahead."""
 
     table: pa.Table
-    text: bytes | None = None
+    text: memoryview | None = None
 
     def __len__(self) -> int:
         return int(self.table.num_rows)
@@ -383,19 +419,19 @@ class Contacts:
         before is written)."""
         return Contacts(self.table, self.copy_text(project_id))
 
-    def copy_text(self, project_id: int) -> bytes:
+    def copy_text(self, project_id: int) -> memoryview:
         """The rows in COPY's text format (CONTACT_COLUMNS, then project_id), sorted by email
         (an index fills fastest in key order)."""
         if self.text is not None:
             return self.text
         if not len(self):
-            return b""
+            return memoryview(b"")
         lines = self._text_format(CONTACT_COLUMNS, f"{project_id}\n")
         lines = lines.take(pc.sort_indices(self.table.column("email_normalized")))
         _, offsets, data = lines.buffers()  # the lines one after another: the text
         at = np.frombuffer(offsets, dtype=np.int32)
         first, last = int(at[lines.offset]), int(at[lines.offset + len(lines)])
-        return bytes(data.slice(first, last - first).to_pybytes())
+        return memoryview(data.slice(first, last - first))  # (no copy)
 
     def _text_format(self, names: Sequence[str], *last: str) -> pa.Array:
         """A line of COPY's text format a row: these columns escaped, NULL as \\N, and

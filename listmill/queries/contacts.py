@@ -345,7 +345,7 @@ NEW_COLUMNS = (
 )  # fmt: skip
 
 
-async def copy_new_text(conn: Connection, text: bytes) -> None:
+async def copy_new_text(conn: Connection, text: memoryview) -> None:
     """COPY new contacts in, given in COPY's text format in the order of NEW_COLUMNS (an import's
     rows, csvcolumns.Contacts.copy_text, sorted by email: an index fills fastest so). Raises
     UniqueViolationError if one of them exists after all."""
@@ -353,18 +353,23 @@ async def copy_new_text(conn: Connection, text: bytes) -> None:
         await _copy_in(conn, "contacts", text)
 
 
-async def _copy_in(conn: Connection, table: str, text: bytes) -> None:
-    await conn.copy_to_table(table, source=_whole(text), columns=NEW_COLUMNS, format="text")
+async def _copy_in(conn: Connection, table: str, text: memoryview) -> None:
+    # asyncpg sends what the iterable gives through a memoryview of it, so any buffer will do
+    # (its stubs say bytes): the text is not copied out of Arrow's memory first
+    source = _whole(text)
+    await conn.copy_to_table(table, source=source, columns=NEW_COLUMNS, format="text")  # type: ignore[arg-type]
 
 
-async def _whole(text: bytes) -> AsyncIterator[bytes]:
+async def _whole(text: memoryview) -> AsyncIterator[memoryview]:
     """COPY data in one piece. asyncpg reads a file-like object in a thread, through a class
     it makes per call, which keeps the file (and so a batch's text) until a full garbage
     collection; bytes it would take for a file name."""
     yield text
 
 
-async def merge_text(conn: Connection, project_id: int, text: bytes, mode: str) -> tuple[int, int]:
+async def merge_text(
+    conn: Connection, project_id: int, text: memoryview, mode: str
+) -> tuple[int, int]:
     """``merge_contacts`` for rows given as COPY text (copy_new_text), each email once; (contacts
     created, contacts changed). Only the rows that are new or would change are merged."""
     # a statement of a batch is planned to cost enough for JIT compilation, which took longer

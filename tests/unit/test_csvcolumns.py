@@ -21,6 +21,7 @@ from listmill.csvcolumns import (
     columns_of,
     concat,
     contacts_of,
+    jsonb_text,
     read_block,
     simple_block,
 )
@@ -261,7 +262,7 @@ def test_copy_text_is_copy_text_format_of_the_contacts_sorted_by_email() -> None
         (1, 2, "B@example.com", "b@example.com", "Bo", None, None, None, {"Plan": "pro"}),
         (2, 3, "a@example.com", "a@example.com", None, None, None, None, {}),
     ]
-    assert contacts.copy_text(7).decode().split("\n") == [
+    assert bytes(contacts.copy_text(7)).decode().split("\n") == [
         "a@example.com\ta@example.com\t\\N\t\\N\t\\N\t\\N\t{}\t7",
         'B@example.com\tb@example.com\tBo\t\\N\t\\N\t\\N\t{"Plan": "pro"}\t7',
         "",
@@ -272,3 +273,24 @@ def test_copy_text_is_copy_text_format_of_the_contacts_sorted_by_email() -> None
     assert again.copy_text(7) == contacts.copy_text(7)
     assert len(concat([contacts, again])) == 4
     assert orjson.loads('{"Plan":"pro"}') == {"Plan": "pro"}
+
+
+@pytest.mark.parametrize("patterns", [range(8), [0], [7], [1, 2], [5, 6, 3]])
+def test_a_blocks_data_text_is_jsonb_text_of_each_rows_values_whichever_are_blank(
+    patterns: Any,
+) -> None:
+    """Three custom columns, rows with every combination of them blank (or only some
+    combinations in a block: a column blank or given throughout)."""
+    header = read_header(b"email,b,Zone,aaa\n")
+    rows = [
+        [f"r{i}@example.com", *("" if p >> bit & 1 else f'v"{i}\\{bit}' for bit in range(3))]
+        for i, p in enumerate(patterns)
+    ]
+    text = "".join(",".join(f'"{v.replace(chr(34), chr(34) * 2)}"' for v in r) + "\n" for r in rows)
+    block = read_block(text, ",", 4, 2)
+    assert block is not None
+    data = columns_of(header, block).contacts.column("data").to_pylist()
+    names = ["b", "Zone", "aaa"]
+    assert data == [
+        jsonb_text({n: v for n, v in zip(names, r[1:], strict=True) if v}) for r in rows
+    ]
