@@ -268,6 +268,12 @@ async def sql(cfg: Config, statement: str, *args: Any) -> Any:
 # ---------------------------------------------------------------- orchestration
 
 
+def upload_limit(rows: int) -> int:
+    """The service's upload limit: its default (256 MB) or, for larger files, room for them
+    (a row has about 64 bytes, 76 quoted throughout)."""
+    return max(256 * 1024 * 1024, 160 * rows)
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the large files")
@@ -294,8 +300,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if args.rows < 2 or args.small_rows < 1:
         parser.error("--rows must be at least 2, --small-rows at least 1")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="listmill-bench-"))
+    limits = {"MAX_UPLOAD_BYTES": str(upload_limit(args.rows))}
     return Config(
-        svc=service_of(args), rows=args.rows, small_rows=args.small_rows, skip=skip,
+        svc=service_of(args, limits), rows=args.rows, small_rows=args.small_rows, skip=skip,
         bulk_jobs=args.bulk_jobs, job_timeout=args.job_timeout, workdir=workdir,
         own_workdir=args.workdir is None, split_lanes=args.split_lanes, quote_all=args.quote_all,
     )  # fmt: skip
