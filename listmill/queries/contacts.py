@@ -90,7 +90,8 @@ async def get_contact_by_email(
 # merge: re-subscribing someone who unsubscribed, bounced or complained takes an explicit PATCH
 # or bulk-subscribe. Two modes differ only in which side wins for a field that both have:
 #   upsert      - given (non-null) values overwrite; `data` merges key by key, given keys winning
-#   fill_blanks - only empty fields are filled; existing values and `data` keys are kept
+#   fill_blanks - only empty fields and `data` keys are filled (missing, null, or blank text);
+#                 existing values are kept
 # What a merge sets on a contact it changes, and when it changes one (the modes' expressions
 # below fill in the braces).
 _ASSIGNMENTS = """
@@ -135,6 +136,18 @@ _STAGED = """
 """
 STAGED_INPUT = _STAGED.format(which="position > $3 AND position <= $4 AND key_hash IS NULL")
 HELD_INPUT = _STAGED.format(which="key_hash = ANY($3::bigint[])")
+# fill_blanks: a field or `data` key is empty if it is missing, null, or a text of nothing but
+# spaces (the API stores "" as given); it is filled by a given value that is not empty
+_FILL_FIELD = (
+    "CASE WHEN NULLIF(btrim(c.{f}), '') IS NULL AND NULLIF(btrim(EXCLUDED.{f}), '') IS NOT NULL"
+    " THEN EXCLUDED.{f} ELSE c.{f} END"
+)
+_FILL_DATA = """c.data || COALESCE((
+            SELECT jsonb_object_agg(given.key, given.value)
+            FROM jsonb_each(EXCLUDED.data) AS given
+            WHERE NULLIF(btrim(c.data ->> given.key), '') IS NULL
+              AND NULLIF(btrim(given.value #>> '{}'), '') IS NOT NULL
+        ), '{}'::jsonb)"""
 _SETS = {
     "upsert": {
         **{f: f"COALESCE(EXCLUDED.{f}, c.{f})" for f in FIELDS},
@@ -142,8 +155,8 @@ _SETS = {
         "status": _KEEP_SUPPRESSION,
     },
     "fill_blanks": {
-        **{f: f"COALESCE(c.{f}, EXCLUDED.{f})" for f in FIELDS},
-        "data": "EXCLUDED.data || c.data",
+        **{f: _FILL_FIELD.format(f=f) for f in FIELDS},
+        "data": _FILL_DATA,
         "status": "c.status",
     },
 }

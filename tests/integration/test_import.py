@@ -240,6 +240,44 @@ async def test_modes_upsert_fill_blanks_and_unchanged(
     assert row is not None and row["first_name"] == "New" and row["d"] == '{"k": "2", "keep": "y"}'
 
 
+async def test_fill_blanks_fills_fields_and_data_keys_left_blank_by_the_api(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    """The API stores "" as given: for fill_blanks that field is empty, as are a data key
+    whose value is null or blank text; values there are kept, and filling with nothing
+    changes nothing."""
+    given = {"first_name": "", "last_name": "  ", "country": "FR"}
+    data = {"plan": "", "seats": None, "kept": "k", "count": 0}
+    status, _ = await api.post("/contacts", {"email": "e@x.com", **given, "data": data})
+    assert status == 201
+    blanks = b"email,first_name,last_name,country,plan,seats,kept,count\ne@x.com,,,,,,,\n"
+    job = await run_import(api, run_jobs, blanks, mode="fill_blanks")
+    assert job["counts"] == {"unchanged": 1}, job
+    full = b"email,first_name,last_name,country,plan,seats,kept,count,new\n"
+    full += b"e@x.com,Eve,Lee,DE,pro,3,other,7,n\n"
+    for counts in ({"updated": 1}, {"unchanged": 1}):  # and the same file again
+        job = await run_import(api, run_jobs, full, mode="fill_blanks")
+        assert job["counts"] == counts, job
+    row = await db.fetchrow("SELECT first_name, last_name, country, data FROM contacts")
+    assert (row["first_name"], row["last_name"], row["country"]) == ("Eve", "Lee", "FR")
+    assert json.loads(row["data"]) == {
+        "plan": "pro", "seats": "3", "kept": "k", "count": 0, "new": "n"
+    }  # fmt: skip
+    # members added to a list fill blanks the same way
+    status, body = await api.post("/lists", {"name": "L"})
+    assert status == 201
+    list_id = body["data"]["id"]
+    status, _ = await api.post("/contacts", {"email": "f@x.com", "first_name": " "})
+    assert status == 201
+    added = {"contacts": [{"email": "f@x.com", "first_name": "Fay"}]}
+    status, body = await api.post(f"/lists/{list_id}/members", added)
+    assert status == 202, body
+    await run_jobs()
+    assert (await wait_for_job(api, body["data"]["id"]))["status"] == "succeeded"
+    names = "SELECT first_name FROM contacts WHERE email = 'f@x.com'"
+    assert await db.fetchval(names) == "Fay"
+
+
 async def test_list_import_resubscribe_mirror_and_enrollment(
     api: Api, run_jobs: RunJobs, db: asyncpg.Connection
 ) -> None:
