@@ -91,12 +91,14 @@ async def held_emails(
 
 
 async def mirror_unsubscribe(conn: Connection, project_id: int, list_id: int, job_id: UUID) -> int:
-    """Unsubscribe (never delete) the list's members whose email is not in the file."""
+    """Unsubscribe (never delete) the list's members whose email is not in the file: none if
+    no row of the file names a valid email (a broken export never empties a list)."""
     result = await conn.execute(
         """
         UPDATE list_memberships m
         SET status = 'unsubscribed', unsubscribed_at = now(), updated_at = now()
         WHERE m.list_id = $2 AND m.status IN ('pending', 'subscribed', 'confirmed')
+          AND EXISTS (SELECT 1 FROM import_rows WHERE job_id = $3)
           AND NOT EXISTS (
               SELECT 1 FROM contacts c JOIN import_rows r
                 ON r.job_id = $3 AND r.email_normalized = c.email_normalized

@@ -453,6 +453,32 @@ async def test_mirror_keeps_members_whose_row_is_invalid_for_another_reason_than
     }  # fmt: skip
 
 
+async def test_a_mirror_import_of_a_broken_file_unsubscribes_nobody(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    """A quote never closed that takes in the file's later lines (who else is in the file is
+    not known), or a file in which no row names a valid email: no member is unsubscribed."""
+    _, made = await api.post("/lists", {"name": "Mirror"})
+    list_id = made["data"]["id"]
+    members = b"email\n" + b"".join(b"u%d@example.com\n" % i for i in range(10))
+    await run_import(api, run_jobs, members, list_id=list_id)
+    swallowed = b'email,first_name\nu0@example.com,A\nu2@example.com,"U2\nu3@example.com,B\n'
+    no_email = b"email,first_name\nnot-an-email,A\n,B\n"
+    for broken in (swallowed, no_email):
+        for dry_run in (True, False):
+            job = await run_import(
+                api, run_jobs, broken, list_id=list_id, mode="mirror", dry_run=dry_run
+            )
+            assert job["status"] == "succeeded" and "unsubscribed" not in job["counts"], job
+    subscribed = "SELECT count(*) FROM list_memberships WHERE status = 'subscribed'"
+    assert await db.fetchval(subscribed) == 10
+    # a quote never closed on the file's last line takes in nothing: the others go
+    last = b'email,first_name\nu0@example.com,A\nu1@example.com,"B\n'
+    job = await run_import(api, run_jobs, last, list_id=list_id, mode="mirror")
+    assert job["counts"]["unsubscribed"] == 8, job
+    assert await db.fetchval(subscribed) == 2
+
+
 def _repeats_file() -> bytes:
     """350 rows, in batches of 100: two emails repeat in another batch, one in its own."""
     special = {

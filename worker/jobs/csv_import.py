@@ -193,6 +193,14 @@ def _fast_records(job: JobRow, contacts: Contacts, hashes: list[int] | None = No
     return [(job.id, *row, *tail) for row, tail in zip(contacts.rows(), tails, strict=True)]
 
 
+def _swallows_lines(row: ParsedRow, error: RowError) -> bool:
+    """Whether the row's quote is never closed and the rest of the file is in it, lines of it
+    (the file's last rows, maybe, or a file cut short): no member may be told apart then."""
+    if error.code != "unterminated_quote":
+        return False
+    return any("\n" in value.rstrip("\r\n") or "\r" in value.rstrip("\r\n") for value in row.values)
+
+
 def _present(job: JobRow, position: int, error: RowError) -> Record:
     """An error row whose email is valid, staged for a mirror import only: its person is in
     the file and stays a member, and nothing else is applied (staged as a duplicate)."""
@@ -219,6 +227,7 @@ class _Batch:
     # once its unique rows are merged (_merge_unique): those to join, and whether all were new
     merged: list[tuple[str, int, str]] | None = None
     none_existed: bool = True
+    cut_short: bool = False  # its last row's quote never closed took in the lines after it
 
 
 class _ParsingEnded(Exception):
@@ -318,6 +327,7 @@ class _Parser:
         parsed = contact_from_row(header, row)
         if isinstance(parsed, RowError):
             self._error(batch.outcome, parsed)
+            batch.cut_short = batch.cut_short or _swallows_lines(row, parsed)
             if self.job.params["mode"] == "mirror" and parsed.email_normalized:
                 batch.held.append(_present(self.job, position, parsed))
         else:
@@ -547,7 +557,10 @@ async def _apply_batch(
         _count(outcome, *counts)
         await _join(conn, job, await queries.held_emails(conn, job.id, completed), outcome)
     list_id = job.params.get("list_id")
-    if job.params["mode"] == "mirror" and list_id is not None and batch.upto == job.total:
+    last = batch.upto == job.total
+    # a file whose end a quote never closed took in (rows, or a file cut short: who is in it is
+    # not known) unsubscribes nobody
+    if job.params["mode"] == "mirror" and list_id is not None and last and not batch.cut_short:
         outcome.counts["unsubscribed"] += await queries.mirror_unsubscribe(
             conn, job.project_id, list_id, job.id
         )
