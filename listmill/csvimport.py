@@ -88,9 +88,8 @@ def read_header(first_bytes: bytes) -> Header:
         line = first_line.group().decode("utf-8") if first_line else ""
     except UnicodeDecodeError:
         raise HeaderError("the header row is not UTF-8: save the file as CSV UTF-8") from None
-    # a delimiter inside a quoted column name ("Name, full";email) is not the delimiter
-    delimiter = max(DELIMITERS, key=re.sub(r'"[^"]*"', "", line).count)
-    columns = [c.strip() for c in next(csv.reader([line], delimiter=delimiter), [])]
+    delimiter = _delimiter(line)
+    columns = _columns(line, delimiter)
     mapping = [_alias(column) for column in columns]
     if "email" not in mapping:
         raise HeaderError(
@@ -104,6 +103,23 @@ def read_header(first_bytes: bytes) -> Header:
         if custom.count(name) > 1:
             raise HeaderError(f"the header row names the column {name} twice")
     return Header(delimiter, columns, mapping)
+
+
+def _columns(line: str, delimiter: str) -> list[str]:
+    return [c.strip() for c in next(csv.reader([line], delimiter=delimiter), [])]
+
+
+def _delimiter(line: str) -> str:
+    """The delimiter (sniffed): of those that make the header name an email column, the one
+    the header has most of outside quotes ("Name, full";email): a tab-delimited header whose
+    column names hold commas names no email column if split on them."""
+    unquoted = re.sub(r'"[^"]*"', "", line)
+
+    def score(delimiter: str) -> tuple[bool, int]:
+        named = any(_alias(column) == "email" for column in _columns(line, delimiter))
+        return named, unquoted.count(delimiter)
+
+    return max(DELIMITERS, key=score)
 
 
 class RecordSplitter:

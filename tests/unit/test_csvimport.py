@@ -157,3 +157,27 @@ def test_header_refusals_that_say_what_to_do() -> None:
         with pytest.raises(HeaderError, match=message):
             read_header(data)
     assert read_header(b"email,,,\n").columns == ["email", "", "", ""]  # unnamed: ignored
+
+
+@pytest.mark.parametrize(
+    ("data", "delimiter", "columns"),
+    [
+        (b"email\tName, full\na@x.com\tAda\n", "\t", ["email", "Name, full"]),
+        (b"email;Name, full\na@x.com;A\n", ";", ["email", "Name, full"]),
+        (
+            b"email\tCity, State, Zip\tn\nx@y.com\tP, Q, R\t1\n",
+            "\t",
+            ["email", "City, State, Zip", "n"],
+        ),
+        (b"email;a,b;c,d\nx@y.com;1;2\n", ";", ["email", "a,b", "c,d"]),
+        (b"email,a;b\nx@y.com,1\n", ",", ["email", "a;b"]),
+        (b"email\nx@y;z.com\n", ",", ["email"]),
+    ],
+)
+def test_the_delimiter_is_one_that_names_an_email_column(
+    data: bytes, delimiter: str, columns: list[str]
+) -> None:
+    """A header whose column names hold another of the delimiters, as often as the one that
+    separates them, or more often."""
+    header = read_header(data)
+    assert (header.delimiter, header.columns) == (delimiter, columns)
