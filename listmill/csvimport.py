@@ -81,9 +81,11 @@ def read_header(first_bytes: bytes) -> Header:
         raise HeaderError("the file is empty")
     if first_bytes.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise HeaderError("the file is UTF-16: save it as CSV UTF-8 and upload it again")
-    if b"\x00" in first_bytes[:4096]:
-        raise HeaderError("the body is not text (it contains NUL bytes)")
     first_line = _FIRST_LINE.match(first_bytes.removeprefix(codecs.BOM_UTF8))
+    # binary (or UTF-16 without its mark) has NULs in its first line or all over (1% of its
+    # first 4 KB); a NUL in a value of a row is that row's problem (an error row), not the file's
+    if (first_line and b"\x00" in first_line.group()) or first_bytes[:4096].count(b"\x00") > 40:
+        raise HeaderError("the body is not text (it contains NUL bytes)")
     try:
         line = first_line.group().decode("utf-8") if first_line else ""
     except UnicodeDecodeError:
@@ -310,10 +312,11 @@ class CsvReader:
             if not "".join(values).strip():  # a blank line
                 continue
             row = ParsedRow(self._number, values)
+            read = values[: len(self.header.columns)]  # values past the header are ignored
             if suspect:
-                row.undecodable = any(_has_surrogates(v) for v in values)
+                row.undecodable = any(_has_surrogates(v) for v in read)
             if nul:
-                row.nul = any("\x00" in v for v in values)
+                row.nul = any("\x00" in v for v in read)
             yield row
 
 

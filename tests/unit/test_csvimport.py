@@ -181,3 +181,27 @@ def test_the_delimiter_is_one_that_names_an_email_column(
     separates them, or more often."""
     header = read_header(data)
     assert (header.delimiter, header.columns) == (delimiter, columns)
+
+
+def test_a_nul_in_a_row_is_that_rows_problem_and_binary_is_not_text() -> None:
+    header = read_header(b"email,first_name\nnul@x.com,a\x00b\nok@x.com,ok\n")
+    assert header.columns == ["email", "first_name"]
+    rows = list(CsvReader(header).feed(b"email,first_name\nnul@x.com,a\x00b\nok@x.com,ok\n"))
+    assert [type(contact_from_row(header, row)).__name__ for row in rows] == ["RowError", "dict"]
+    for binary in (
+        "email,name\nann@x.com,Ann\n".encode("utf-16-le"),  # no byte order mark
+        b"email\n" + bytes(range(64)) * 64,
+        b"\x1f\x8b\x08\x00\x00\x00\x00\x00email\n",
+    ):
+        with pytest.raises(HeaderError, match="not text"):
+            read_header(binary)
+
+
+def test_values_past_the_header_are_ignored_whatever_they_hold() -> None:
+    data = b"email,first_name\na@x.com,A,\xff\x00\nb@x.com,B," + b"z" * 5000 + b"\n"
+    header = read_header(data)
+    rows = list(CsvReader(header).feed(data))
+    contacts = [contact_from_row(header, row) for row in rows]
+    assert [(c["email"], c["first_name"]) for c in contacts if isinstance(c, dict)] == [
+        ("a@x.com", "A"), ("b@x.com", "B")
+    ]  # fmt: skip
