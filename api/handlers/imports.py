@@ -151,7 +151,9 @@ def _add_field(options: dict[str, str], name: str | None, value: str) -> None:
     if not name:
         raise ValidationFailed.on("body", "a form field has no name", "missing")
     if name in options:
-        raise ValidationFailed.on(name, "given twice (query and form, or two fields)", "duplicate")
+        raise ValidationFailed.on(
+            name, "given twice (in the query, the form, or both)", "duplicate"
+        )
     options[name] = value
 
 
@@ -160,7 +162,9 @@ async def import_contacts(request: web.Request) -> web.Response:
     """POST /contacts/import -> 202 job, on the large lane."""
     project_id = auth_of(request).project_id
     key = idempotency_key(request)
-    raw_options: dict[str, str] = dict(request.query)
+    raw_options: dict[str, str] = {}
+    for name, value in request.query.items():  # every pair: one given twice is refused
+        _add_field(raw_options, name, value)
     validate(ImportOptions, raw_options)
     source = await _source(request, raw_options)
     pool, settings, job_id = request.app[POOL], request.app[SETTINGS], uuid.uuid4()

@@ -173,6 +173,14 @@ async def test_form_fields_after_the_file_count_too(
         assert status == 422 and says in str(body["error"]), body
     status, body = await form_post(api, [("source", "x" * 5000), ("file", csv)])
     assert status == 413 and "source" in body["error"]["message"], body
+    for query in ("dry_run=false&dry_run=true", "mode=upsert&mode=mirror"):  # in the query too
+        response = await api.client.post(
+            f"/api/v1/contacts/import?{query}", data=csv,
+            headers={"Authorization": f"Bearer {api.key}", "Content-Type": "text/csv"},
+        )  # fmt: skip
+        body = await response.json()
+        assert response.status == 422 and "given twice" in str(body["error"]), body
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 1
     boundary = "b0undary"
     raw = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="mode"\r\n'
