@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from listmill.validation import MAX_EMAIL_LENGTH, MAX_FIELD_LENGTH, SPECIAL_TLDS
+from listmill.validation import MAX_EMAIL_LENGTH, MAX_FIELD_LENGTH, MAX_LOCAL_PART, SPECIAL_TLDS
 
 CONTACT_FIELDS = ("first_name", "last_name", "country", "time_zone")
 
@@ -52,7 +52,6 @@ COMMON_EMAIL = (
     rf"@(?:{_LABEL}\.)+[a-z]{{2,63}}$"
 )
 _SPECIAL_TLD = r"\.(?:" + "|".join(sorted(SPECIAL_TLDS)) + r")$"
-MAX_LOCAL_PART = 64
 # a contact's columns in its line (Contacts.lines, queries.contacts.copy_lines)
 LINE_COLUMNS = ("email_normalized", "first_name", "last_name", "country", "time_zone", "data")
 # the columns of a contact a block's fast rows become (see Contacts)
@@ -248,6 +247,7 @@ def columns_of(header: Header, block: Block) -> Columns:
             pc.match_substring_regex(normalized, COMMON_EMAIL),
             _local_part_within(normalized),
             pc.invert(pc.match_substring_regex(normalized, _SPECIAL_TLD)),
+            pc.invert(pc.match_substring(normalized, "--")),  # (for email-validator to judge)
             _within(email, MAX_EMAIL_LENGTH),
             *(_within(column, MAX_FIELD_LENGTH) for column in raw),
         ]

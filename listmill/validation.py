@@ -9,6 +9,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, Field
 
 MAX_EMAIL_LENGTH = 254
+MAX_LOCAL_PART = 64  # bytes before the @ (RFC 5321)
 MAX_FIELD_LENGTH = 255
 MAX_DATA_KEYS = 100
 
@@ -63,10 +64,13 @@ SPECIAL_TLDS = frozenset({"arpa", "invalid", "local", "localhost", "onion", "tes
 
 
 def _common_shape(email: str) -> bool:
+    """The common shape, but a domain with "--" (IDNA keeps hyphens third and fourth for its
+    own labels: email-validator judges those)."""
     if not _COMMON.fullmatch(email):
         return False
     local, _, domain = email.rpartition("@")
-    return len(local) <= 64 and domain.rsplit(".", 1)[-1] not in SPECIAL_TLDS
+    tld = domain.rsplit(".", 1)[-1]
+    return len(local) <= MAX_LOCAL_PART and "--" not in domain and tld not in SPECIAL_TLDS
 
 
 def normalize_email(raw: str) -> tuple[str, str]:
@@ -84,6 +88,8 @@ def normalize_email(raw: str) -> tuple[str, str]:
         validate_email(email, check_deliverability=False)
     except EmailNotValidError as exc:
         raise ValueError(f"invalid email: {exc}") from exc
+    if len(email.rpartition("@")[0].encode()) > MAX_LOCAL_PART:  # RFC 5321 (not checked above)
+        raise ValueError(f"invalid email: the part before the @ is over {MAX_LOCAL_PART} bytes")
     return email, lowered
 
 
