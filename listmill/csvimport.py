@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from listmill.validation import MAX_FIELD_LENGTH, normalize_email
+from listmill.validation import MAX_DATA_KEYS, MAX_FIELD_LENGTH, normalize_email
 
 if TYPE_CHECKING:
     from listmill.csvcolumns import Block
@@ -77,7 +77,7 @@ class Header:
 
 def read_header(first_bytes: bytes) -> Header:
     """Check the header row before a file is accepted; raises HeaderError saying what is wrong."""
-    if not first_bytes.strip():
+    if not first_bytes.removeprefix(codecs.BOM_UTF8).strip():
         raise HeaderError("the file is empty")
     if first_bytes.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise HeaderError("the file is UTF-16: save it as CSV UTF-8 and upload it again")
@@ -104,6 +104,8 @@ def read_header(first_bytes: bytes) -> Header:
     for name in custom:
         if custom.count(name) > 1:
             raise HeaderError(f"the header row names the column {name} twice")
+    if len(custom) > MAX_DATA_KEYS:  # as many as a contact's data may have through the API
+        raise HeaderError(f"the header row has more than {MAX_DATA_KEYS} custom columns")
     return Header(delimiter, columns, mapping)
 
 

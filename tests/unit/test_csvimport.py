@@ -76,9 +76,14 @@ def test_header_errors() -> None:
         (b"name,phone\nx,1\n", "no email column"),
         (b"email,\x00\x01\x02", "not text"),
         (b"email,e-mail\n", "same contact field twice"),
+        (b"\xef\xbb\xbf", "empty"),
+        (b"\xef\xbb\xbf \r\n", "empty"),
+        (("email," + ",".join(f"c{i}" for i in range(101)) + "\n").encode(), "than 100 custom"),
     ):
         with pytest.raises(HeaderError, match=message):
             read_header(data)
+    hundred = read_header(("email," + ",".join(f"c{i}" for i in range(100)) + "\n").encode())
+    assert len(hundred.custom) == 100
 
 
 def test_rows_become_contacts_or_error_rows() -> None:
