@@ -65,6 +65,8 @@ class Header:
     # (index, contact field) and (index, custom column name) of the columns a row may fill
     fields: tuple[tuple[int, str], ...] = field(init=False)
     custom: tuple[tuple[int, str], ...] = field(init=False)
+    # the columns whose values are read: those of an unnamed column, or past the header, are not
+    used: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         columns = list(enumerate(zip(self.columns, self.mapping, strict=True)))
@@ -73,6 +75,8 @@ class Header:
         object.__setattr__(self, "email_index", self.mapping.index("email"))
         object.__setattr__(self, "fields", fields)
         object.__setattr__(self, "custom", custom)
+        used = sorted({self.email_index, *(i for i, _ in fields), *(i for i, _ in custom)})
+        object.__setattr__(self, "used", tuple(used))
 
 
 def read_header(first_bytes: bytes) -> Header:
@@ -314,7 +318,7 @@ class CsvReader:
             if not "".join(values).strip():  # a blank line
                 continue
             row = ParsedRow(self._number, values)
-            read = values[: len(self.header.columns)]  # values past the header are ignored
+            read = [values[i] for i in self.header.used if i < len(values)]  # (others ignored)
             if suspect:
                 row.undecodable = any(_has_surrogates(v) for v in read)
             if nul:
@@ -364,7 +368,8 @@ def contact_from_row(header: Header, row: ParsedRow) -> dict[str, Any] | RowErro
     try:
         email, normalized = normalize_email(raw_email)
     except ValueError as exc:
-        shown_email = raw_email.strip()[:320].encode("utf-8", "replace").decode() or None
+        shown = raw_email.strip()[:320].replace("\x00", "\ufffd")  # text Postgres can hold
+        shown_email = shown.encode("utf-8", "replace").decode() or None
         code, message = problem or ("invalid_email", str(exc))
         return RowError(row.number, shown_email, code, message)
     if problem:
@@ -395,7 +400,7 @@ def _checked_contact(
     data: dict[str, str] = {}
     for column, target, value in zip(header.columns, header.mapping, row.values, strict=False):
         value = value.strip()
-        if target == "email" or not value:
+        if target == "email" or not value or not (target or column):  # (unnamed: ignored)
             continue
         limit = MAX_FIELD_LENGTH if target else MAX_CUSTOM_VALUE
         if len(value) > limit or "\x00" in value:

@@ -471,8 +471,9 @@ async def test_a_mirror_import_of_a_broken_file_unsubscribes_nobody(
     members = b"email\n" + b"".join(b"u%d@example.com\n" % i for i in range(10))
     await run_import(api, run_jobs, members, list_id=list_id)
     swallowed = b'email,first_name\nu0@example.com,A\nu2@example.com,"U2\nu3@example.com,B\n'
+    latin1 = swallowed.replace(b"B\n", b"Jos\xe9\nu4@example.com,B\n")  # not UTF-8 in it too
     no_email = b"email,first_name\nnot-an-email,A\n,B\n"
-    for broken in (swallowed, no_email):
+    for broken in (swallowed, latin1, no_email):
         for dry_run in (True, False):
             job = await run_import(
                 api, run_jobs, broken, list_id=list_id, mode="mirror", dry_run=dry_run
@@ -837,3 +838,18 @@ async def test_the_error_rows_of_a_batch_come_in_file_order_whichever_way_its_ro
     job = await run_import(api, run_jobs, data, list_id=made["data"]["id"])
     _, errors = await api.get(f"/jobs/{job['id']}/errors")
     assert [e["row_number"] for e in errors["data"]] == [2]
+
+
+async def test_a_nul_in_an_email_makes_an_error_row_not_a_failed_job(
+    api: Api, run_jobs: RunJobs
+) -> None:
+    data = b"email,first_name\na\x00b@example.com,A\nok@example.com,B\n"
+    job = await run_import(api, run_jobs, data)
+    assert job["status"] == "succeeded" and job["counts"] == {"created": 1, "invalid": 1}, job
+    _, errors = await api.get(f"/jobs/{job['id']}/errors")
+    [error] = errors["data"]
+    assert (error["row_number"], error["code"], error["email"]) == (
+        2,
+        "invalid_email",
+        "a\ufffdb@example.com",
+    )

@@ -210,3 +210,12 @@ def test_values_past_the_header_are_ignored_whatever_they_hold() -> None:
     assert [(c["email"], c["first_name"]) for c in contacts if isinstance(c, dict)] == [
         ("a@x.com", "A"), ("b@x.com", "B")
     ]  # fmt: skip
+
+
+def test_values_of_an_unnamed_column_are_ignored_whatever_they_hold() -> None:
+    data = b"email,,first_name\na@x.com,\xff\x00,A\nb@x.com," + b"z" * 5000 + b",B\n"
+    header = read_header(data)
+    contacts = [contact_from_row(header, row) for row in CsvReader(header).feed(data)]
+    assert [(c["email"], c["first_name"], c["data"]) for c in contacts if isinstance(c, dict)] == [
+        ("a@x.com", "A", {}), ("b@x.com", "B", {})
+    ]  # fmt: skip

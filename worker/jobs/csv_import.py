@@ -193,10 +193,11 @@ def _fast_records(job: JobRow, contacts: Contacts, hashes: list[int] | None = No
     return [(job.id, *row, *tail) for row, tail in zip(contacts.rows(), tails, strict=True)]
 
 
-def _swallows_lines(row: ParsedRow, error: RowError) -> bool:
+def _swallows_lines(row: ParsedRow) -> bool:
     """Whether the row's quote is never closed and the rest of the file is in it, lines of it
-    (the file's last rows, maybe, or a file cut short): no member may be told apart then."""
-    if error.code != "unterminated_quote":
+    (the file's last rows, maybe, or a file cut short): no member may be told apart then.
+    (Whatever else is wrong with the row: bytes that are not UTF-8 in those lines, say.)"""
+    if not row.unterminated:
         return False
     return any("\n" in value.rstrip("\r\n") or "\r" in value.rstrip("\r\n") for value in row.values)
 
@@ -327,7 +328,7 @@ class _Parser:
         parsed = contact_from_row(header, row)
         if isinstance(parsed, RowError):
             self._error(batch.outcome, parsed)
-            batch.cut_short = batch.cut_short or _swallows_lines(row, parsed)
+            batch.cut_short = batch.cut_short or _swallows_lines(row)
             if self.job.params["mode"] == "mirror" and parsed.email_normalized:
                 batch.held.append(_present(self.job, position, parsed))
         else:
