@@ -298,7 +298,8 @@ class _Progress:
         """Record a batch in its transaction; True if the client asked to cancel. Raises
         LeaseLost (rolling the batch back) if another worker holds the job now."""
         room = max(settings.job_error_cap - self.errors_count, 0)
-        kept = outcome.errors[:room]
+        # in row order (a batch finds some, a list's suppressed members say, after the others)
+        kept = sorted(outcome.errors, key=lambda error: (error[0] is None, error[0] or 0))[:room]
         if kept:
             await queries.insert_errors(conn, self.job.id, self.errors_count + 1, kept)
         self.counts.update(outcome.counts)

@@ -838,6 +838,14 @@ async def test_the_error_rows_of_a_batch_come_in_file_order_whichever_way_its_ro
     job = await run_import(api, run_jobs, data, list_id=made["data"]["id"])
     _, errors = await api.get(f"/jobs/{job['id']}/errors")
     assert [e["row_number"] for e in errors["data"]] == [2]
+    # an invalid row after a suppressed member: found first, reported after it
+    settings.job_error_cap = 10
+    data = b"email,Note\na@example.com,x\nnot-an-email,y\n"
+    job = await run_import(api, run_jobs, data, list_id=made["data"]["id"])
+    _, errors = await api.get(f"/jobs/{job['id']}/errors")
+    assert [(e["row_number"], e["code"]) for e in errors["data"]] == [
+        (2, "suppressed"), (3, "invalid_email")
+    ]  # fmt: skip
 
 
 async def test_a_nul_in_an_email_makes_an_error_row_not_a_failed_job(

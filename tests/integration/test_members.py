@@ -76,7 +76,7 @@ async def test_a_mixed_batch_gives_exact_counts(
     }  # fmt: skip
     _, errors = await api.get(f"/jobs/{job['id']}/errors")
     assert [(e["row_number"], e["code"]) for e in errors["data"]] == [
-        (3, "not_found"), (4, "not_found"), (6, "invalid_email"), (2, "suppressed")
+        (2, "suppressed"), (3, "not_found"), (4, "not_found"), (6, "invalid_email")
     ]  # fmt: skip
     assert (
         await db.fetchval(
