@@ -434,8 +434,8 @@ class Contacts:
         return memoryview(data.slice(first, last - first))  # (no copy)
 
     def _text_format(self, names: Sequence[str], *last: str) -> pa.Array:
-        """A line of COPY's text format a row: these columns escaped, NULL as \\N, and
-        ``last`` after them (the join needs no more: a value after a separator)."""
+        """A line of COPY's text format a row: these columns escaped, NULL as \\N, tabs
+        between, and then ``last`` as one more value (copy_text's project id and line end)."""
         columns = [self.table.column(name) for name in names]
         values = [pc.fill_null(_escaped(column, _COPY_ESCAPES), "\\N") for column in columns]
         line = pc.binary_join_element_wise(*values, *last, "\t")
