@@ -318,11 +318,10 @@ class CsvReader:
             if not "".join(values).strip():  # a blank line
                 continue
             row = ParsedRow(self._number, values)
-            read = [values[i] for i in self.header.used if i < len(values)]  # (others ignored)
-            if suspect:
-                row.undecodable = any(_has_surrogates(v) for v in read)
-            if nul:
-                row.nul = any("\x00" in v for v in read)
+            if suspect or nul:  # in the values read (others are ignored)
+                read = [values[i] for i in self.header.used if i < len(values)]
+                row.undecodable = suspect and any(_has_surrogates(v) for v in read)
+                row.nul = nul and any("\x00" in v for v in read)
             yield row
 
 
