@@ -9,6 +9,7 @@ import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from listmill.validation import MAX_DATA_KEYS, MAX_FIELD_LENGTH, normalize_email
@@ -40,7 +41,6 @@ ALIASES = {
     "timezone": "time_zone",
     "tz": "time_zone",
 }
-_FIRST_LINE = re.compile(rb"[^\r\n]*")
 
 # csv refuses a field over 128 KiB by raising, which would fail the whole job: the limit goes
 # up (process-wide, as csv keeps it) so that such a field is an error row like any over-long one
@@ -80,22 +80,22 @@ class Header:
 
 
 def read_header(first_bytes: bytes) -> Header:
-    """Check the header row before a file is accepted; raises HeaderError saying what is wrong."""
+    """Check the header row before a file is accepted; raises HeaderError saying what is wrong.
+    The header row is the file's first record as csv reads it: a quoted column name may hold a
+    line end (a cell of Excel's with Alt+Enter), and then the record goes on past it."""
     if not first_bytes.removeprefix(codecs.BOM_UTF8).strip():
         raise HeaderError("the file is empty")
     if first_bytes.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise HeaderError("the file is UTF-16: save it as CSV UTF-8 and upload it again")
-    first_line = _FIRST_LINE.match(first_bytes.removeprefix(codecs.BOM_UTF8))
+    text = first_bytes.removeprefix(codecs.BOM_UTF8).decode("utf-8", "surrogateescape")
+    delimiter, record = _header_record(text)
     # binary (or UTF-16 without its mark) has NULs in its first line or all over (1% of its
     # first 4 KB); a NUL in a value of a row is that row's problem (an error row), not the file's
-    if (first_line and b"\x00" in first_line.group()) or first_bytes[:4096].count(b"\x00") > 40:
+    if "\x00" in record or first_bytes[:4096].count(b"\x00") > 40:
         raise HeaderError("the body is not text (it contains NUL bytes)")
-    try:
-        line = first_line.group().decode("utf-8") if first_line else ""
-    except UnicodeDecodeError:
-        raise HeaderError("the header row is not UTF-8: save the file as CSV UTF-8") from None
-    delimiter = _delimiter(line)
-    columns = _columns(line, delimiter)
+    if _has_surrogates(record):
+        raise HeaderError("the header row is not UTF-8: save the file as CSV UTF-8")
+    columns = _columns(record, delimiter)
     mapping = [_alias(column) for column in columns]
     if "email" not in mapping:
         raise HeaderError(
@@ -113,21 +113,52 @@ def read_header(first_bytes: bytes) -> Header:
     return Header(delimiter, columns, mapping)
 
 
-def _columns(line: str, delimiter: str) -> list[str]:
-    return [c.strip() for c in next(csv.reader([line], delimiter=delimiter), [])]
+def _columns(record: str, delimiter: str) -> list[str]:
+    return [c.strip() for c in next(csv.reader([record], delimiter=delimiter), [])]
 
 
-def _delimiter(line: str) -> str:
-    """The delimiter (sniffed): of those that make the header name an email column, the one
-    the header has most of outside quotes ("Name, full";email): a tab-delimited header whose
-    column names hold commas names no email column if split on them."""
-    unquoted = re.sub(r'"[^"]*"', "", line)
+def _header_record(text: str) -> tuple[str, str]:
+    """The delimiter (sniffed) and the header record under it: of the delimiters under which
+    the header's quotes close and it names an email column, the one it has most of outside
+    quotes ("Name, full";email): a tab-delimited header whose column names hold commas names
+    no email column if split on them."""
+    records = {d: _first_record(text, d) for d in DELIMITERS}
 
-    def score(delimiter: str) -> tuple[bool, int]:
-        named = any(_alias(column) == "email" for column in _columns(line, delimiter))
-        return named, unquoted.count(delimiter)
+    def score(delimiter: str) -> tuple[bool, bool, int]:
+        record = records[delimiter]
+        if record is None:
+            return False, False, 0
+        named = any(_alias(column) == "email" for column in _columns(record, delimiter))
+        return True, named, re.sub(r'"[^"]*"', "", record).count(delimiter)
 
-    return max(DELIMITERS, key=score)
+    delimiter = max(DELIMITERS, key=score)
+    record = records[delimiter]
+    if record is None or (None in records.values() and not score(delimiter)[1]):
+        raise HeaderError("a quoted name in the header row is never closed")
+    return delimiter, record
+
+
+def _first_record(text: str, delimiter: str) -> str | None:
+    """The text's first record as csv reads it, without its line end; None if a quote opened
+    in it is never closed in the text."""
+    unquoted = _unquoted_part(delimiter)
+    pos, end = 0, len(text)
+    while True:  # at the start of a field
+        if text.startswith('"', pos):
+            closing = RecordSplitter._CLOSING.match(text, pos + 1)
+            if closing is None:
+                return None
+            pos = closing.end()
+        pos = unquoted.match(text, pos).end()  # type: ignore[union-attr]  # (csv's, after a quote too)
+        if pos < end and text[pos] == delimiter:
+            pos += 1
+            continue
+        return text[:pos]
+
+
+@cache
+def _unquoted_part(delimiter: str) -> re.Pattern[str]:
+    return re.compile(f"[^{re.escape(delimiter)}\r\n]*")
 
 
 class RecordSplitter:

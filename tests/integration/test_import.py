@@ -130,11 +130,25 @@ async def test_raw_text_csv_body_with_tabs(api: Api, run_jobs: RunJobs) -> None:
     assert job["counts"] == {"created": 1}
 
 
+async def test_a_header_cell_with_a_line_end_keeps_the_columns_after_it(
+    api: Api, db: asyncpg.Connection, run_jobs: RunJobs
+) -> None:
+    rows = "".join(f"p{i}@example.com,{i},P{i}\r\n" for i in range(300))
+    data = f'Email,"Phone\n(mobile)",First Name\r\n{rows}'.encode()
+    job = await run_import(api, run_jobs, data)
+    assert job["counts"] == {"created": 300}, job
+    stored = await db.fetch("SELECT email, first_name, data FROM contacts")
+    assert sorted((r["email"], r["first_name"], json.loads(r["data"])) for r in stored) == sorted(
+        (f"p{i}@example.com", f"P{i}", {"Phone\n(mobile)": str(i)}) for i in range(300)
+    )
+
+
 async def test_upload_refusals(api: Api, db: asyncpg.Connection) -> None:
     cases = [
         (b"", {}, 422, "empty"),
         (b"name,phone\nx,1\n", {}, 422, "no email column"),
         (b"\x00\x01\x02\x03", {}, 422, "not text"),
+        (b'Email,"First Name,Last Name\na@example.com,Ann,Lee\n', {}, 422, "never closed"),
         (b"email\na@b.co\n", {"mode": "mirror"}, 422, "list_id"),
         (b"email\na@b.co\n", {"mode": "bogus"}, 422, "mode"),
         (b"email\na@b.co\n", {"list_id": 9999}, 404, "list not found"),

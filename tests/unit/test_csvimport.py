@@ -153,6 +153,29 @@ def test_the_delimiter_is_sniffed_outside_quoted_header_cells() -> None:
     assert parsed.columns == ["Name, Full", "email", "Tags, more"]
 
 
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
+def test_a_header_cell_with_a_line_end_is_one_column_and_the_rows_follow_it(end: str) -> None:
+    data = f'Email,"Phone{end}(mobile)",First Name{end}a@example.com,555,Ann{end}'.encode()
+    header = read_header(data)
+    assert header.columns == ["Email", f"Phone{end}(mobile)", "First Name"]
+    assert header.mapping == ["email", None, "first_name"]
+    rows = parse(data) if end != "\r" else parse(data + b"\n")
+    assert [(r.number, r.values) for r in rows] == [(2, ["a@example.com", "555", "Ann"])]
+    assert read_header(b'"E-mail\naddress",Name\na@example.com,Ann\n').mapping[0] == "email"
+
+
+def test_a_header_whose_quote_never_closes_is_refused() -> None:
+    for data in (
+        b'Email,"First Name,Last Name\na@example.com,Ann,Lee\nb@example.com,Bo,Ng\n',
+        b'"Email,First Name\na@example.com,Ann\n',
+        b'email;"x\na@example.com;1\n',
+    ):
+        with pytest.raises(HeaderError, match="never closed"):
+            read_header(data)
+    # a quote inside a name (not at its start) is text, as csv reads it
+    assert read_header(b'email,5" screen\na@example.com,x\n').columns == ["email", '5" screen']
+
+
 def test_header_refusals_that_say_what_to_do() -> None:
     for data, message in (
         ("email,name\r\n".encode("utf-16"), "UTF-16"),
