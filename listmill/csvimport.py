@@ -289,6 +289,14 @@ class CsvReader:
     def __post_init__(self) -> None:
         self._splitter = RecordSplitter(self.header.delimiter)
 
+    @classmethod
+    def resumed(cls, header: Header, only_email: bool = False) -> CsvReader:
+        """A simple reader of a file from a record's start past the header (its row numbers
+        count from there)."""
+        reader = cls(header, simple=True, only_email=only_email)
+        reader._started = reader._header_skipped = True
+        return reader
+
     def feed(self, data: bytes) -> Iterator[ParsedRow | Block]:
         text = self._decoder.decode(data)
         if not self._started and text:

@@ -138,12 +138,17 @@ def make_file(
     return (newline.join(lines) + newline).encode() + undecodable
 
 
-@pytest.mark.parametrize("seed", range(24))
-def test_fast_path_gives_the_rows_row_by_row_gives(seed: int) -> None:
+def seeded_file(seed: int, rows: int) -> bytes:
+    """One of 24 files (seed 0-23): each delimiter, line end, quoting, clean or nasty."""
     rng = random.Random(seed)
     delimiter = [",", ";", "\t"][seed % 3]
     quoting = ["none", "all", "some"][seed // 8]
-    data = make_file(rng, 400, delimiter, crlf=seed % 2 == 1, nasty=seed % 4 >= 2, quoting=quoting)
+    return make_file(rng, rows, delimiter, crlf=seed % 2 == 1, nasty=seed % 4 >= 2, quoting=quoting)
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_fast_path_gives_the_rows_row_by_row_gives(seed: int) -> None:
+    data = seeded_file(seed, 400)
     expected, none_fast = outcomes(data, simple=False, chunk=len(data))
     assert none_fast == 0
     fast_rows = {}

@@ -17,30 +17,22 @@ A mirror import stages every row, for its last batch looks for every email of th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from listmill.csvcolumns import (
-    Block,
-    Columns,
-    Contacts,
-    block_email_keys,
-    columns_of,
-    concat,
-    contacts_of,
-)
+from listmill.csvcolumns import Block, Columns, Contacts, columns_of, concat, contacts_of
 from listmill.csvimport import (
     CsvReader,
     Header,
     ParsedRow,
     RowError,
     contact_from_row,
-    email_key,
     read_header,
 )
+from listmill.csvkeys import KeyHashes, KeyReader, Keys, hashed_keys
 from listmill.db import Connection, Pool
 from listmill.keyhash import key_hashes, legacy_key_hashes, text_hashes
 from listmill.knowncontacts import KnownContacts, read_known, worth_reading
@@ -69,14 +61,11 @@ class _DryRun(Exception):
 Parsed = ParsedRow | Block | Columns
 
 
-async def _file_rows(
-    conn: Connection, job: JobRow, only_email: bool = False
-) -> AsyncIterator[tuple[Header, list[Parsed]]]:
+async def _file_rows(conn: Connection, job: JobRow) -> AsyncIterator[tuple[Header, list[Parsed]]]:
     """The stored file's rows, a chunk's worth at a time, with the file's header: simple
-    blocks of them read by Arrow (csvcolumns) and, unless only their email was read,
-    validated (Columns); the others one by one."""
+    blocks of them read and validated by Arrow (csvcolumns: Columns), the others one by one."""
     first = await queries.read_chunk(conn, job.id, 0) or b""
-    reader = CsvReader(read_header(first), simple=True, only_email=only_email)
+    reader = CsvReader(read_header(first), simple=True)
     # a chunk is parsed in a thread (Arrow lets go of the GIL) while the one before is taken,
     # and this loop goes on serving the batches' COPYs meanwhile
     parsing = asyncio.ensure_future(asyncio.to_thread(_fed, reader, first))
@@ -97,8 +86,6 @@ async def _file_rows(
 
 def _fed(reader: CsvReader, chunk: bytes) -> list[Parsed]:
     header, rows = reader.header, reader.feed(chunk)
-    if reader.only_email:
-        return list(rows)
     return [columns_of(header, row) if isinstance(row, Block) else row for row in rows]
 
 
@@ -125,44 +112,39 @@ class Repeats:
         return self.hashes[(self.last > after) & (self.last <= upto)].tolist()  # type: ignore[no-any-return]
 
 
-KeyHashes = Callable[[Any], "np.ndarray[Any, Any]"]  # keyhash.key_hashes or the legacy one
-
-
 async def file_key_hashes(
     conn: Connection, job: JobRow, hashes: KeyHashes = key_hashes
 ) -> np.ndarray[Any, Any]:
-    """The first pass: the hash of each row's email key, in file order (8 bytes a row)."""
+    """The first pass: the hash of each row's email key, in file order (8 bytes a row). The
+    keys of a chunk are cut out (csvkeys) in a thread while the next chunk is fetched and
+    those of the chunk before are hashed in another."""
     import numpy as np  # only imports need it
 
-    chunks = [
-        await asyncio.to_thread(_hashed_keys, header, rows, hashes)
-        async for header, rows in _file_rows(conn, job, only_email=True)
-    ]
-    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
-
-
-def _hashed_keys(header: Header, rows: list[Parsed], hashes: KeyHashes) -> np.ndarray[Any, Any]:
-    import numpy as np
-
-    parts = [hashes(keys) for keys in _email_keys(header, rows)]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
-def _email_keys(header: Header, rows: list[Parsed]) -> Iterator[Any]:
-    """The rows' email keys (email_key), as Arrow arrays or lists of strings."""
-    run: list[str] = []
-    for row in rows:
-        if isinstance(row, ParsedRow):
-            run.append(email_key(header, row))
-            continue
-        if not isinstance(row, Block):
-            raise TypeError(f"not a block of emails: {row!r}")
-        if run:
-            yield run
-            run = []
-        yield block_email_keys(row)
-    if run:
-        yield run
+    first = await queries.read_chunk(conn, job.id, 0) or b""
+    reader = KeyReader(read_header(first), hashes)
+    hashed: list[np.ndarray[Any, Any]] = []
+    cutting: asyncio.Future[list[Keys]] | None = None
+    hashing: asyncio.Future[np.ndarray[Any, Any]] | None = None
+    chunk: bytes | None = first
+    seq = 0
+    try:
+        while chunk is not None:
+            cutting = asyncio.ensure_future(asyncio.to_thread(reader.feed, chunk))
+            seq += 1
+            chunk = await queries.read_chunk(conn, job.id, seq)
+            keys = await cutting
+            if chunk is None:
+                keys += reader.finish()
+            if hashing is not None:
+                hashed.append(await hashing)
+            hashing = asyncio.ensure_future(asyncio.to_thread(hashed_keys, keys, hashes))
+        assert hashing is not None
+        hashed.append(await hashing)
+    finally:
+        for task in (cutting, hashing):
+            if task is not None and not task.done():
+                task.cancel()
+    return np.concatenate(hashed)
 
 
 def repeats_of(keys: np.ndarray[Any, Any]) -> Repeats:
