@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from listmill.db import Connection, execute_planned, fetch_planned
+from listmill.db import Connection, fetch_planned
 from listmill.errors import Conflict
 from listmill.records import Contact
 
@@ -160,6 +160,12 @@ _SETS = {
         "status": "c.status",
     },
 }
+
+
+# an import with resubscribe=true: its rows' contacts become subscribed again, whatever they
+# were, and such a row changes its contact (updated, its updated_at moves)
+for _mode, _sets in list(_SETS.items()):
+    _SETS[f"{_mode}_resubscribe"] = {**_sets, "status": "EXCLUDED.status"}
 
 
 def _for_modes(template: str, **parts: str) -> dict[str, str]:
@@ -398,18 +404,21 @@ def _counts(row: asyncpg.Record) -> tuple[int, int, int]:
     return int(row["staged"]), int(row["created"]), int(row["changed"])
 
 
-async def resubscribe(conn: Connection, project_id: int, emails_normalized: list[str]) -> int:
-    """Set these contacts subscribed again, whatever they were (an import's resubscribe=true)."""
-    result = await execute_planned(
+async def count_not_subscribed(
+    conn: Connection, project_id: int, emails_normalized: list[str]
+) -> int:
+    """How many of these contacts are not subscribed (an import with resubscribe=true counts
+    them before its merge sets them subscribed)."""
+    [row] = await fetch_planned(
         conn,
         """
-        UPDATE contacts SET status = 'subscribed', updated_at = now()
+        SELECT count(*) FROM contacts
         WHERE project_id = $1 AND email_normalized = ANY($2::text[]) AND status <> 'subscribed'
         """,
         project_id,
         emails_normalized,
     )
-    return int(result.split()[-1])
+    return int(row[0])
 
 
 async def keep_statistics(conn: Connection, project_id: int, known: int) -> bool:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -40,13 +41,17 @@ async def add_members(
     requested_status: str | None,
     source: str,
     consent: Consent | None = None,
+    moved_from: Sequence[str] | None = None,
 ) -> dict[int, tuple[str | None, bool]]:
     """Make contacts members of a list, set-based. New members get ``new_status``; existing
-    ones move to ``requested_status`` only if given and allowed (``consent.ALLOWED_FROM``).
+    ones move to ``requested_status`` only if given and allowed (``consent.ALLOWED_FROM``),
+    and only from ``moved_from`` if given.
     Consent is recorded when a membership has none yet, never overwritten.
     Returns contact id -> (status before or None if new, changed)."""
     consent = consent or Consent()
     allowed = allowed_from(MemberStatus(requested_status)) if requested_status else []
+    if moved_from is not None:
+        allowed = [status for status in allowed if status in moved_from]
     rows = await fetch_planned(
         conn,
         """

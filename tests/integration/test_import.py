@@ -328,10 +328,50 @@ async def test_list_import_resubscribe_mirror_and_enrollment(
     job = await run_import(
         api, run_jobs, b"email\nquit@example.com\n", list_id=list_id, resubscribe=True
     )
-    assert job["counts"] == {"unchanged": 1, "resubscribed": 1, "skipped": 1}
+    assert job["counts"] == {"updated": 1, "resubscribed": 1, "skipped": 1}
     _, body = await api.get(f"/lists/{list_id}")
     assert body["data"]["member_count"] == 3
     assert await db.fetchval("SELECT count(*) FROM sequence_enrollments") == 4
+
+
+@pytest.mark.parametrize("opt_in", ["single", "double"])
+async def test_resubscribe_moves_who_unsubscribed_only_and_counts_contacts_apart_from_members(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection, opt_in: str
+) -> None:
+    _, made = await api.post("/lists", {"name": "Re", "opt_in_process": opt_in})
+    list_id = made["data"]["id"]
+    await api.post(
+        "/sequences", {"name": "W", "trigger_config": {"type": "list_added", "list_id": list_id}}
+    )
+    joined = "subscribed" if opt_in == "single" else "pending"
+    await run_import(api, run_jobs, b"email\nstay@example.com\nleft@example.com\n", list_id=list_id)
+    await api.post("/contacts", {"email": "quit@example.com"})
+    await db.execute(
+        "UPDATE list_memberships SET status = 'unsubscribed' WHERE contact_id ="
+        " (SELECT id FROM contacts WHERE email = 'left@example.com')"
+    )
+    await db.execute("UPDATE contacts SET status = 'unsubscribed' WHERE email = 'quit@example.com'")
+    before = dict(await db.fetch("SELECT email, updated_at FROM contacts"))
+    enrolled = await db.fetchval("SELECT count(*) FROM sequence_enrollments")
+    data = b"email\nstay@example.com\nleft@example.com\nquit@example.com\n"
+    job = await run_import(api, run_jobs, data, list_id=list_id, resubscribe=True)
+    assert job["counts"] == {
+        "unchanged": 2, "updated": 1, "resubscribed": 1,  # the contacts: quit's status moved
+        "skipped": 1, "members_resubscribed": 1, "added": 1,  # the members: left's moved
+        **({"enrolled": 1} if opt_in == "single" else {}),  # quit's: left's was made before
+    }  # fmt: skip
+    statuses = dict(await db.fetch(
+        "SELECT c.email, m.status FROM list_memberships m JOIN contacts c ON c.id = m.contact_id"
+    ))  # fmt: skip
+    # a pending member stays pending: only a confirmation makes one confirmed
+    emails = ["stay@example.com", "left@example.com", "quit@example.com"]
+    assert statuses == dict.fromkeys(emails, joined)
+    rows = await db.fetch("SELECT email, status, updated_at FROM contacts")
+    assert {r["email"]: r["status"] for r in rows} == dict.fromkeys(emails, "subscribed")
+    assert {r["email"] for r in rows if r["updated_at"] != before[r["email"]]} == {emails[2]}
+    assert await db.fetchval("SELECT count(*) FROM sequence_enrollments") == enrolled + (
+        opt_in == "single"
+    )
 
 
 async def test_dry_run_counts_equal_the_real_run_and_write_nothing(

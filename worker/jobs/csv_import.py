@@ -536,9 +536,11 @@ async def _apply_batch(
         batch.merged, batch.none_existed = await _merge_unique(conn, job, batch, all_new)
     await _join(conn, job, batch.merged, outcome)
     if completed:
+        held = await queries.held_emails(conn, job.id, completed)
+        await _count_resubscribed(conn, job, [email for email, _, _ in held], outcome)
         counts = await contact_queries.merge_held(conn, job.project_id, job.id, completed, mode)
         _count(outcome, *counts)
-        await _join(conn, job, await queries.held_emails(conn, job.id, completed), outcome)
+        await _join(conn, job, held, outcome)
     list_id = job.params.get("list_id")
     last = batch.upto == job.total
     # a file whose end a quote never closed took in (rows, or a file cut short: who is in it is
@@ -564,6 +566,7 @@ async def _merge_unique(
     if batch.unique:
         rows = concat([rows, contacts_of([r[1:10] for r in batch.unique])])
     none_existed = True
+    await _count_resubscribed(conn, job, rows.column("email_normalized"), outcome)
     if job.params["mode"] == "mirror":
         counts = await contact_queries.merge_staged(
             conn, job.project_id, job.id, batch.after, batch.upto, mode
@@ -585,7 +588,7 @@ async def _merge_unique(
             )
             _count(outcome, len(to_merge), created, changed)
             none_existed = created == len(to_merge)
-    if job.params.get("list_id") is None and not job.params["resubscribe"]:
+    if job.params.get("list_id") is None:
         return [], none_existed  # nothing to join them to
     if batch.new is not None:
         rows = concat([rows, batch.new])  # every one of them is joined
@@ -609,7 +612,21 @@ async def _copy_new(conn: Connection, job: JobRow, rows: Contacts, outcome: Batc
 
 
 def _mode(job: JobRow) -> str:
-    return "fill_blanks" if job.params["mode"] == "fill_blanks" else "upsert"
+    """The merge's mode (queries.contacts._SETS): resubscribe=true sets every row's contact
+    subscribed again, and such a row is one that changes its contact."""
+    mode = "fill_blanks" if job.params["mode"] == "fill_blanks" else "upsert"
+    return f"{mode}_resubscribe" if job.params["resubscribe"] else mode
+
+
+async def _count_resubscribed(
+    conn: Connection, job: JobRow, emails: list[str], outcome: BatchOutcome
+) -> None:
+    """With resubscribe=true, count the contacts of these rows that their merge (next) is
+    about to set subscribed again."""
+    if job.params["resubscribe"] and emails:
+        outcome.counts["resubscribed"] += await contact_queries.count_not_subscribed(
+            conn, job.project_id, emails
+        )
 
 
 def _count(outcome: BatchOutcome, staged: int, created: int, changed: int) -> None:
@@ -621,19 +638,12 @@ def _count(outcome: BatchOutcome, staged: int, created: int, changed: int) -> No
 async def _join(
     conn: Connection, job: JobRow, rows: list[tuple[str, int, str]], outcome: BatchOutcome
 ) -> None:
-    """Resubscribe the merged rows' contacts if asked, and join them to the list if any:
-    ``rows`` are (email_normalized, row_number, email)."""
+    """Join the merged rows' contacts to the list, if any: ``rows`` are (email_normalized,
+    row_number, email)."""
     params = job.params
-    list_id = params.get("list_id")
-    if not rows or (list_id is None and not params["resubscribe"]):
+    if not rows or params.get("list_id") is None:
         return
     emails = [email for email, _, _ in rows]
-    if params["resubscribe"]:
-        outcome.counts["resubscribed"] += await contact_queries.resubscribe(
-            conn, job.project_id, emails
-        )
-    if list_id is None:
-        return
     found = await contact_queries.find_by_emails(conn, job.project_id, emails)
     # a contact deleted by someone else since its row was merged is not joined: as if the
     # deletion came after this batch (which it did, or the merge would have made it again)
@@ -643,10 +653,16 @@ async def _join(
 
 
 def _joining(params: dict[str, Any]) -> Joining:
+    """New members get the status asked for, else the list's (pending for double opt-in);
+    with resubscribe=true, members who unsubscribed get it too (and are counted
+    members_resubscribed: updated counts contacts), and nobody else is moved."""
+    new_status = params["status"] or params["default_status"]
     return Joining(
         list_id=params["list_id"],
-        new_status=params["status"] or params["default_status"],
-        requested_status="subscribed" if params["resubscribe"] else None,
+        new_status=new_status,
+        requested_status=new_status if params["resubscribe"] else None,
+        moved_from=("unsubscribed",),
+        moved_count="members_resubscribed",
         source=params["source"],
         trigger_sequences=params["trigger_sequences"],
         consent=Consent(

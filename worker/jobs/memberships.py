@@ -23,6 +23,8 @@ class Joining:
     source: str
     trigger_sequences: bool
     consent: Consent | None = None
+    moved_from: tuple[str, ...] | None = None  # if given, only members in these are moved
+    moved_count: str = "updated"  # the count of the members moved
 
 
 async def join_list(
@@ -35,7 +37,7 @@ async def join_list(
 ) -> None:
     """Add the target contacts (id -> (row, email)) to the list. Contacts whose marketing
     status is not subscribed are skipped as suppressed; enrollment follows in this same
-    transaction. Counts: added, updated, skipped, suppressed, enrolled."""
+    transaction. Counts: added, updated (moved_count), skipped, suppressed, enrolled."""
     kept = []
     for contact_id, (row, email) in targets.items():
         if statuses[contact_id] == "subscribed":
@@ -48,10 +50,11 @@ async def join_list(
     result = await member_queries.add_members(
         conn, job.project_id, joining.list_id, kept,
         new_status=joining.new_status, requested_status=joining.requested_status,
-        source=joining.source, consent=joining.consent,
+        moved_from=joining.moved_from, source=joining.source, consent=joining.consent,
     )  # fmt: skip
     for before, changed in result.values():
-        outcome.counts["added" if before is None else "updated" if changed else "skipped"] += 1
+        moved = joining.moved_count
+        outcome.counts["added" if before is None else moved if changed else "skipped"] += 1
     if joining.trigger_sequences:
         newly = member_queries.newly_active(result, joining.new_status, joining.requested_status)
         outcome.counts["enrolled"] += await member_queries.enroll_in_list_sequences(
