@@ -3,6 +3,7 @@ held whole in memory, never written to local disk), its header checked, and a jo
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -54,23 +55,54 @@ async def _chunks(read: Read, size: int) -> AsyncIterator[bytes]:
         yield bytes(buffer)
 
 
-async def _store_file(conn: Connection, request: web.Request, job_id: uuid.UUID, read: Read) -> str:
+async def _store_file(
+    conn: Connection, request: web.Request, job_id: uuid.UUID, source: Source
+) -> str:
     """Stream the file into chunks in the caller's transaction; the sha256 of its bytes.
-    413 past the upload limit, 422 when the header row has no email column."""
+    413 past the upload limit, 422 when the header row has no email column. A file sent in
+    another charset than UTF-8 (declared: ``text/csv; charset=windows-1252``) is stored as
+    UTF-8; a byte that charset has no character for stays as it was (an error row)."""
     settings = request.app[SETTINGS]
     size, seq, digest = 0, 0, hashlib.sha256()
-    async for chunk in _chunks(read, settings.upload_chunk_bytes):
+    decoder = _decoder(source.charset)
+    async for chunk in _chunks(source.read, settings.upload_chunk_bytes):
         size += len(chunk)
         if size > settings.max_upload_bytes:
             raise PayloadTooLarge(f"the file is larger than {settings.max_upload_bytes} bytes")
-        if seq == 0:
-            _check_header(chunk)
         digest.update(chunk)
-        await queries.insert_chunk(conn, job_id, seq, chunk)
+        await _insert_chunk(conn, job_id, seq, _utf8(decoder, chunk))
+        seq += 1
+    if decoder is not None and (rest := _utf8(decoder, b"", final=True)):
+        await _insert_chunk(conn, job_id, seq, rest)
         seq += 1
     if seq == 0:
         raise ValidationFailed.on("file", "the file is empty", "empty_file")
     return digest.hexdigest()
+
+
+async def _insert_chunk(conn: Connection, job_id: uuid.UUID, seq: int, chunk: bytes) -> None:
+    if seq == 0:
+        _check_header(chunk)
+    await queries.insert_chunk(conn, job_id, seq, chunk)
+
+
+def _decoder(charset: str | None) -> codecs.IncrementalDecoder | None:
+    """The decoder of a declared charset that is not UTF-8 (415 for one Python does not know)."""
+    if charset is None:
+        return None
+    try:
+        codec = codecs.lookup(charset)
+    except LookupError:
+        raise UnsupportedMediaType(f"unknown charset {charset}: send the CSV as UTF-8") from None
+    if codec.name in ("utf-8", "ascii"):
+        return None
+    return codec.incrementaldecoder("surrogateescape")
+
+
+def _utf8(decoder: codecs.IncrementalDecoder | None, chunk: bytes, final: bool = False) -> bytes:
+    if decoder is None:
+        return chunk
+    return decoder.decode(chunk, final).encode("utf-8", "surrogateescape")
 
 
 def _check_header(first_chunk: bytes) -> None:
@@ -99,12 +131,13 @@ class Source:
 
     read: Read
     form: MultipartReader | None = None
+    charset: str | None = None  # as the request or the file part declares it
 
 
 async def _source(request: web.Request, options: dict[str, str]) -> Source:
     """The CSV's source; form fields before the file join ``options`` (checked at once)."""
     if request.content_type in CSV_TYPES:
-        return Source(request.content.read)
+        return Source(request.content.read, charset=request.charset)
     if request.content_type != "multipart/form-data":
         raise UnsupportedMediaType("send the CSV as multipart/form-data (field file) or text/csv")
     reader = await request.multipart()
@@ -112,7 +145,7 @@ async def _source(request: web.Request, options: dict[str, str]) -> Source:
     if file is None:
         raise ValidationFailed.on("file", "no file part in the form", "missing")
     validate(ImportOptions, options)  # checked before the upload is read
-    return Source(file.read_chunk, reader)
+    return Source(file.read_chunk, reader, file.get_charset("") or None)
 
 
 async def _fields_after_file(source: Source, options: dict[str, str]) -> None:
@@ -170,7 +203,7 @@ async def import_contacts(request: web.Request) -> web.Response:
     pool, settings, job_id = request.app[POOL], request.app[SETTINGS], uuid.uuid4()
     try:
         async with pool.acquire() as conn, conn.transaction():
-            file_digest = await _store_file(conn, request, job_id, source.read)
+            file_digest = await _store_file(conn, request, job_id, source)
             await _fields_after_file(source, raw_options)
             options = validate(ImportOptions, raw_options)
             params = options.model_dump(mode="json") | await _check_list(conn, project_id, options)

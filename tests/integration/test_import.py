@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import random
 from types import SimpleNamespace
@@ -11,6 +12,7 @@ from uuid import UUID
 
 import asyncpg
 import pytest
+from aiohttp import FormData
 
 from listmill.csvimport import CsvReader
 from listmill.keyhash import key_hashes, legacy_key_hashes
@@ -141,6 +143,45 @@ async def test_a_header_cell_with_a_line_end_keeps_the_columns_after_it(
     assert sorted((r["email"], r["first_name"], json.loads(r["data"])) for r in stored) == sorted(
         (f"p{i}@example.com", f"P{i}", {"Phone\n(mobile)": str(i)}) for i in range(300)
     )
+
+
+async def test_a_file_in_a_declared_charset_is_read_as_that_charset(
+    api: Api, db: asyncpg.Connection, run_jobs: RunJobs
+) -> None:
+    # Excel on Windows saves "CSV" in windows-1252; a byte it has no character for (0x81)
+    # stays what it was: an error row, as any byte that is not UTF-8
+    rows = "email,first_name\nzoe@example.com,Zoë\nrene@example.com,René \u2018R\u2019\n"
+    data = rows.encode("cp1252") + b"bad@example.com,x\x81y\n"
+    ids = []
+    for multipart in (False, True):
+        type_ = "text/csv; charset=windows-1252"
+        if multipart:
+            form = FormData()
+            form.add_field("file", io.BytesIO(data), filename="c.csv", content_type=type_)
+            response = await api.client.post(
+                "/api/v1/contacts/import", data=form, headers={"Authorization": f"Bearer {api.key}"}
+            )
+        else:
+            response = await api.client.post(
+                "/api/v1/contacts/import", data=data,
+                headers={"Authorization": f"Bearer {api.key}", "Content-Type": type_},
+            )  # fmt: skip
+        assert response.status == 202, await response.text()
+        ids.append((await response.json())["data"]["id"])
+    await run_jobs()
+    first, second = [await wait_for_job(api, job_id) for job_id in ids]
+    assert first["counts"] == {"created": 2, "invalid": 1}, first
+    assert second["counts"] == {"unchanged": 2, "invalid": 1}, second
+    names = dict(await db.fetch("SELECT email, first_name FROM contacts"))
+    assert names == {"zoe@example.com": "Zoë", "rene@example.com": "René \u2018R\u2019"}
+    _, errors = await api.get(f"/jobs/{ids[0]}/errors")
+    assert [(e["row_number"], e["code"]) for e in errors["data"]] == [(4, "invalid_encoding")]
+    response = await api.client.post(
+        "/api/v1/contacts/import", data=b"email\na@b.co\n",
+        headers={"Authorization": f"Bearer {api.key}", "Content-Type": "text/csv; charset=nope"},
+    )  # fmt: skip
+    status, body = response.status, await response.json()
+    assert status == 415 and "charset" in body["error"]["message"], body
 
 
 async def test_upload_refusals(api: Api, db: asyncpg.Connection) -> None:
