@@ -122,7 +122,7 @@ def _header_record(text: str) -> tuple[str, str]:
     the header's quotes close and it names an email column, the one it has most of outside
     quotes ("Name, full";email): a tab-delimited header whose column names hold commas names
     no email column if split on them."""
-    records = {d: _first_record(text, d) for d in DELIMITERS}
+    records = {d: first_record(text, d) for d in DELIMITERS}
 
     def score(delimiter: str) -> tuple[bool, bool, int]:
         record = records[delimiter]
@@ -138,7 +138,7 @@ def _header_record(text: str) -> tuple[str, str]:
     return delimiter, record
 
 
-def _first_record(text: str, delimiter: str) -> str | None:
+def first_record(text: str, delimiter: str) -> str | None:
     """The text's first record as csv reads it, without its line end; None if a quote opened
     in it is never closed in the text."""
     unquoted = _unquoted_part(delimiter)
@@ -185,6 +185,11 @@ class RecordSplitter:
     def unterminated(self) -> bool:
         """Whether the text fed so far ends inside a quoted field."""
         return self._in_quotes and not self._quote_at_end
+
+    @property
+    def between_records(self) -> bool:
+        """Whether the text fed so far ends a record (nothing of the next one is waiting)."""
+        return not any(self._pending)
 
     def feed(self, text: str) -> str:
         """The complete records in what has been fed so far, as one block of text."""
@@ -302,6 +307,11 @@ class CsvReader:
         if not self._started and text:
             text, self._started = text.lstrip("\ufeff"), True
         return self._rows(self._splitter.feed(text))
+
+    @property
+    def between_records(self) -> bool:
+        """Whether the bytes fed so far end a record (a line end outside quotes)."""
+        return self._splitter.between_records
 
     def finish(self) -> Iterator[ParsedRow | Block]:
         text = self._decoder.decode(b"", final=True)

@@ -70,6 +70,10 @@ CLEAN = [
     b"\xef\xbb\xbfemail;name\nann@example.com;Ann\nbob@x.io;Bob\n",
     b"\xef\xbb\xbfemail\tname\nAnn@Example.com\tAnn\n",
     b"email,a,b,c\nX@Y.ZZ,1,2,3\nq@r.st,,,\n",
+    b'"Email Address","First Name"\r\n"ann@example.com","Ann"\r\n"BOB@x.io",""\r\n',
+    b'"email";"name"\n"a@b.cd";"x;y"\n"E@F.GH";""\n',
+    b'email,name\n"a@b.cd","Ann, Lee"\n',  # a header unquoted, the rows quoted
+    b'"email"\n"a@b.cd"\n"C@D.EF"\n',
 ]
 ODD = [
     b"email\n",  # a header alone
@@ -86,6 +90,18 @@ ODD = [
     b"email,name\n\xc3\xbcser@EXAMPLE.com,\xc3\x84nn\n\xff@x.io,Bob\nK\xe2\x84\xaa@x.io,K\n",
     b"email\r\nann@example.com\r\n\r\n",
     b"email,name\r\nann@example.com\r,Ann\r\n",  # a carriage return inside a field
+    b'"email","name"\n"a@b.cd","A ""nick"" B"\n"c@d.ef","C"\n',  # a quote inside
+    b'"email","name"\n"a@b.cd","two\nlines"\n"c@d.ef","C"\n',  # a line end inside
+    b'"email","name"\n"a@b.cd","cr\r\nlf"\n"c@d.ef","C"\n',
+    b'"email","name"\n"a@b.cd",Ann\n"c@d.ef","C"\n',  # a field not quoted
+    b'"email","name"\n"a@b.cd" ,"Ann"\n"c@d.ef","C"\n',  # a space after a quote
+    b'"email","name"\n "a@b.cd","Ann"\n',  # before one: the quote is text
+    b'"email","name"\n" a@b.cd ","Ann"\n"c@d.ef","C"\n',  # spaces a key is trimmed of
+    b'"email","name"\n"a@b.cd"x,"Ann"\n"c@d.ef","C"\n',  # text after a closing quote
+    b'"email","name"\n"a@b.cd","Ann"\r"c@d.ef","C"\n',  # a carriage return ending a record
+    b'"email","name"\n"a@b.cd","Ann","x"\n"c@d.ef"\n',  # ragged
+    b'"email","na\nme"\n"a@b.cd","Ann"\n',  # a header over two lines
+    b'"email","name"\n"a@b.cd","never closed\n"c@d.ef","C"\n',
 ]
 
 
@@ -101,6 +117,21 @@ def test_clean_files_are_cut_as_bytes(data: bytes) -> None:
     assert pass_one(data, len(data))[1] == len(row_by_row(data))
 
 
+def test_an_export_quoting_every_field_is_cut_as_bytes_but_where_a_block_is_odd() -> None:
+    rng = random.Random(5)
+    lines = ['"Email Address","First Name","Notes"']
+    for i in range(3000):
+        email = f"User{i}@Example.com" if rng.random() > 0.002 else " s@x.io "
+        notes = rng.choice(["", "a, b", "c;d", 'say ""hi""' if rng.random() < 0.001 else "e"])
+        lines.append(f'"{email}","Ann{i}","{notes}"')
+    data = ("\r\n".join(lines) + "\r\n").encode()
+    expected = row_by_row(data)
+    for chunk in (1000, 8192):
+        got, sliced = pass_one(data, chunk)
+        assert got.tolist() == expected.tolist(), chunk
+        assert sliced > len(expected) // 3, chunk
+
+
 def test_a_block_is_cut_only_if_csv_reads_it_field_by_field() -> None:
     header = read_header(b"email,name,plan\n")
     assert simple_keys(b"a@b.cd,Ann,x\r\nE@F.GH,,\n", header) is not None
@@ -112,6 +143,8 @@ def test_a_block_is_cut_only_if_csv_reads_it_field_by_field() -> None:
         b"a@b.cd,A\tnn,x\n",
         b"a@b.cd ,Ann,x\n",
         b"\xc3\xbc@b.cd,Ann,x\n",
+        b'"a@b.cd","Ann"\n',  # quoted: two fields short
+        b'"a@b.cd","Ann","x""y"\n',
     ]:
         assert simple_keys(block, header) is None, block
 
