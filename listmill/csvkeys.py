@@ -96,11 +96,11 @@ def _bounds(lines: _Lines, header: Header) -> Bounds | None:
     every line has the header's number of fields)."""
     data, line_starts, line_stops, ends = lines.data, lines.starts, lines.stops, lines.ends
     delimiter, columns, index = header.delimiter, len(header.columns), header.email_index
-    if columns == 1:
-        return line_starts, line_stops
     delimiters = np.flatnonzero(data == ord(delimiter))
     if len(delimiters) != len(ends) * (columns - 1):
         return None
+    if columns == 1:
+        return line_starts, line_stops
     # sorted as they are, each line has its own columns - 1 if these lie within it
     fields = delimiters.reshape(len(ends), columns - 1)
     if (fields[:, 0] < line_starts).any() or (fields[:, -1] > ends).any():
@@ -119,6 +119,10 @@ def _quoted_bounds(lines: _Lines, header: Header) -> Bounds | None:
     quotes = np.flatnonzero(data == _QUOTE)
     if len(quotes) != len(line_starts) * 2 * columns:
         return None
+    if delimiter == "\t" and np.count_nonzero(data == ord("\t")) != len(line_starts) * (
+        columns - 1
+    ):
+        return None  # a tab inside quotes: whitespace, which csv's blank line may be made of
     pairs = quotes.reshape(len(line_starts), 2 * columns)
     opening, closing = pairs[:, 0::2], pairs[:, 1::2]
     # the first quote begins the line and the last one ends it: each line has its own quotes

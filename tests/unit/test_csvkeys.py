@@ -102,6 +102,13 @@ ODD = [
     b'"email","name"\n"a@b.cd","Ann","x"\n"c@d.ef"\n',  # ragged
     b'"email","na\nme"\n"a@b.cd","Ann"\n',  # a header over two lines
     b'"email","name"\n"a@b.cd","never closed\n"c@d.ef","C"\n',
+    # found by fuzzing: a one-column file whose rows hold the delimiter (csv splits them)
+    b'\xef\xbb\xbfEmail\nk@k.kk,extra"x",extra\na@b.cd\r\nq@r.st,extra,extra\n',
+    b"email\nann@example.com,extra\nbob@x.io\n",
+    # a quoted tab in a tab-delimited file: csv's blank line (skipped), or a key it trims
+    b'mail\t\n"\t"\t""\n',
+    b'"mail"\t""\t""\t\n"\t"\t""\t""\t""\n',
+    b'email\tname\n"a@b.cd\t"\t"x"\n"c@d.ef"\t"C"\n',
 ]
 
 
