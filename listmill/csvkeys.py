@@ -148,8 +148,9 @@ def hashed_keys(keys: list[Keys], hashes: KeyHashes) -> np.ndarray[Any, Any]:
 
 @dataclass
 class KeyReader:
-    """Feed a stored file's chunks, get its data rows' keys (to hash: ``hashed``), in file
-    order. Only key_hashes may take Slices: with another hash every block is read by CsvReader."""
+    """Feed a stored file's chunks, get its data rows' keys (to hash: ``hashed_keys``), in
+    file order. Only key_hashes may take Slices: with another hash CsvReader reads the whole
+    file (see _after_header)."""
 
     header: Header
     hashes: KeyHashes = key_hashes
@@ -213,13 +214,13 @@ class KeyReader:
         if not block:
             self._rest = rest
             return []
-        keys = simple_keys(block, self.header) if self.hashes is key_hashes else None
+        keys = simple_keys(block, self.header)
         if keys is not None:
             self._rest = rest
             return [keys]
         reader = self._csv_reader(begun=True)
         found = self._keys_of(reader.feed(block))
-        if reader.between_records and self.hashes is key_hashes:
+        if reader.between_records:
             self._rest = rest
             return found + self._keys_of(reader.finish())
         self._reader, self._rest = reader, b""  # a quoted field goes on past the block

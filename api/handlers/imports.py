@@ -3,7 +3,6 @@ held whole in memory, never written to local disk), its header checked, and a jo
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -11,12 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.helpers import parse_mimetype
 
 from api.context import POOL, REDIS, SETTINGS, auth_of
 from api.handlers.bulk import idempotency_key
 from api.http import data_response, requires, validate
 from api.metrics import METRICS
 from api.models import ImportOptions
+from listmill.charsets import NotInCharset, Transcoder, UnknownCharset
 from listmill.csvimport import HeaderError, read_header
 from listmill.db import Connection
 from listmill.errors import (
@@ -41,16 +42,14 @@ Read = Callable[[int], Awaitable[bytes]]
 
 
 async def _chunks(read: Read, size: int) -> AsyncIterator[bytes]:
-    """The stream cut into chunks of ``size`` bytes (the last one shorter)."""
+    """The stream cut into chunks of ``size`` bytes (the last one shorter). Each read asks for
+    a whole chunk: a form's part refuses a read shorter than its boundary."""
     buffer = bytearray()
-    while True:
-        data = await read(size - len(buffer))
-        if not data:
-            break
+    while data := await read(size):
         buffer += data
-        if len(buffer) >= size:
-            yield bytes(buffer)
-            buffer.clear()
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
     if buffer:
         yield bytes(buffer)
 
@@ -60,49 +59,36 @@ async def _store_file(
 ) -> str:
     """Stream the file into chunks in the caller's transaction; the sha256 of its bytes.
     413 past the upload limit, 422 when the header row has no email column. A file sent in
-    another charset than UTF-8 (declared: ``text/csv; charset=windows-1252``) is stored as
-    UTF-8; a byte that charset has no character for stays as it was (an error row)."""
+    another charset than UTF-8 (declared) is stored as UTF-8 (listmill.charsets): 415 for a
+    charset that is not one of text, 422 for bytes that cannot be read in it."""
     settings = request.app[SETTINGS]
     size, seq, digest = 0, 0, hashlib.sha256()
-    decoder = _decoder(source.charset)
-    async for chunk in _chunks(source.read, settings.upload_chunk_bytes):
-        size += len(chunk)
-        if size > settings.max_upload_bytes:
-            raise PayloadTooLarge(f"the file is larger than {settings.max_upload_bytes} bytes")
-        digest.update(chunk)
-        await _insert_chunk(conn, job_id, seq, _utf8(decoder, chunk))
-        seq += 1
-    if decoder is not None and (rest := _utf8(decoder, b"", final=True)):
-        await _insert_chunk(conn, job_id, seq, rest)
-        seq += 1
+    try:
+        transcoder = Transcoder(source.charset)
+        async for chunk in _chunks(source.read, settings.upload_chunk_bytes):
+            size += len(chunk)
+            if size > settings.max_upload_bytes:
+                raise PayloadTooLarge(f"the file is larger than {settings.max_upload_bytes} bytes")
+            digest.update(chunk)
+            await _store_chunk(conn, job_id, seq, transcoder.feed(chunk))
+            seq += 1
+        if rest := transcoder.finish():
+            await _store_chunk(conn, job_id, seq, rest)
+            seq += 1
+    except UnknownCharset as exc:
+        raise UnsupportedMediaType(f"{exc}: send the CSV as UTF-8") from None
+    except NotInCharset as exc:
+        raise ValidationFailed.on("file", str(exc), "csv_charset") from None
     if seq == 0:
         raise ValidationFailed.on("file", "the file is empty", "empty_file")
     return digest.hexdigest()
 
 
-async def _insert_chunk(conn: Connection, job_id: uuid.UUID, seq: int, chunk: bytes) -> None:
+async def _store_chunk(conn: Connection, job_id: uuid.UUID, seq: int, chunk: bytes) -> None:
+    """Store a chunk of the file; the first one's header row is checked first."""
     if seq == 0:
         _check_header(chunk)
     await queries.insert_chunk(conn, job_id, seq, chunk)
-
-
-def _decoder(charset: str | None) -> codecs.IncrementalDecoder | None:
-    """The decoder of a declared charset that is not UTF-8 (415 for one Python does not know)."""
-    if charset is None:
-        return None
-    try:
-        codec = codecs.lookup(charset)
-    except LookupError:
-        raise UnsupportedMediaType(f"unknown charset {charset}: send the CSV as UTF-8") from None
-    if codec.name in ("utf-8", "ascii"):
-        return None
-    return codec.incrementaldecoder("surrogateescape")
-
-
-def _utf8(decoder: codecs.IncrementalDecoder | None, chunk: bytes, final: bool = False) -> bytes:
-    if decoder is None:
-        return chunk
-    return decoder.decode(chunk, final).encode("utf-8", "surrogateescape")
 
 
 def _check_header(first_chunk: bytes) -> None:
@@ -145,7 +131,13 @@ async def _source(request: web.Request, options: dict[str, str]) -> Source:
     if file is None:
         raise ValidationFailed.on("file", "no file part in the form", "missing")
     validate(ImportOptions, options)  # checked before the upload is read
-    return Source(file.read_chunk, reader, file.get_charset("") or None)
+    return Source(file.read_chunk, reader, _charset_of(file.headers.get("Content-Type")))
+
+
+def _charset_of(content_type: str | None) -> str | None:
+    """The charset a file part declares in its own Content-Type (a form's ``_charset_`` field
+    is about its text fields, not a file's bytes)."""
+    return parse_mimetype(content_type).parameters.get("charset") if content_type else None
 
 
 async def _fields_after_file(source: Source, options: dict[str, str]) -> None:
@@ -210,7 +202,9 @@ async def import_contacts(request: web.Request) -> web.Response:
             submission = Submission(
                 project_id=project_id, kind=JobKind.IMPORT, params=params, payload=None,
                 total=None, counts={}, idempotency_key=key,
-                fingerprint=fingerprint("POST", request.path, [file_digest, params]),
+                fingerprint=fingerprint(
+                    "POST", request.path, [file_digest, params, *filter(None, [source.charset])]
+                ),
             )  # fmt: skip
             job = await store(conn, settings, submission, job_id)
     except Replay as replay:

@@ -164,17 +164,23 @@ _SETS = {
 
 # an import with resubscribe=true: its rows' contacts become subscribed again, whatever they
 # were, and such a row changes its contact (updated, its updated_at moves)
-for _mode, _sets in list(_SETS.items()):
-    _SETS[f"{_mode}_resubscribe"] = {**_sets, "status": "EXCLUDED.status"}
+_IMPORT_SETS = {
+    **_SETS,
+    **{
+        f"{mode}_resubscribe": {**sets, "status": "EXCLUDED.status"} for mode, sets in _SETS.items()
+    },
+}
 
 
-def _for_modes(template: str, **parts: str) -> dict[str, str]:
+def _for_modes(
+    template: str, sets_of: dict[str, dict[str, str]] = _IMPORT_SETS, **parts: str
+) -> dict[str, str]:
     """A merge statement for each mode: the shared pieces, then the mode's expressions."""
     shared = template.replace("{assignments}", _ASSIGNMENTS).replace("{changes}", _CHANGES)
-    return {mode: shared.format(**sets, **parts) for mode, sets in _SETS.items()}
+    return {mode: shared.format(**sets, **parts) for mode, sets in sets_of.items()}
 
 
-MERGE_MODES = _for_modes(_MERGE_TEMPLATE, input=JSON_INPUT)
+MERGE_MODES = _for_modes(_MERGE_TEMPLATE, _SETS, input=JSON_INPUT)
 # An import's batch counts in Postgres: (staged rows, created, changed), no row comes back.
 _COUNTED = """
 WITH input AS MATERIALIZED ({input}),
@@ -216,7 +222,7 @@ MERGE_BATCH = {
         ),
         merge=_MERGES[mode],
     )
-    for mode, sets in _SETS.items()
+    for mode, sets in _IMPORT_SETS.items()
 }
 MERGE_STAGED = _counted(STAGED_INPUT)
 MERGE_HELD = _counted(HELD_INPUT)

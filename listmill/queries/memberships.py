@@ -44,14 +44,14 @@ async def add_members(
     moved_from: Sequence[str] | None = None,
 ) -> dict[int, tuple[str | None, bool]]:
     """Make contacts members of a list, set-based. New members get ``new_status``; existing
-    ones move to ``requested_status`` only if given and allowed (``consent.ALLOWED_FROM``),
-    and only from ``moved_from`` if given.
+    ones move to ``requested_status`` only if given and allowed (``consent.ALLOWED_FROM``,
+    or those in ``moved_from`` if given: an import's resubscribe).
     Consent is recorded when a membership has none yet, never overwritten.
     Returns contact id -> (status before or None if new, changed)."""
     consent = consent or Consent()
     allowed = allowed_from(MemberStatus(requested_status)) if requested_status else []
     if moved_from is not None:
-        allowed = [status for status in allowed if status in moved_from]
+        allowed = list(moved_from)
     rows = await fetch_planned(
         conn,
         """

@@ -184,6 +184,43 @@ async def test_a_file_in_a_declared_charset_is_read_as_that_charset(
     assert status == 415 and "charset" in body["error"]["message"], body
 
 
+async def test_only_a_file_parts_own_charset_is_its_charset(
+    api: Api, db: asyncpg.Connection, run_jobs: RunJobs
+) -> None:
+    async def post(data: bytes, part_type: str) -> Any:
+        form = FormData()
+        form.add_field("file", io.BytesIO(data), filename="c.csv", content_type=part_type)
+        headers = {"Authorization": f"Bearer {api.key}"}
+        response = await api.client.post("/api/v1/contacts/import", data=form, headers=headers)
+        return response.status, await response.json()
+
+    # the charset of the form's own Content-Type has no say over the file part's bytes
+    part = b'Content-Disposition: form-data; name="file"; filename="c.csv"\r\n'
+    response = await api.client.post(
+        "/api/v1/contacts/import",
+        data=b"--b\r\n" + part + b"Content-Type: text/csv\r\n\r\n"
+        + "email,first_name\nzoe@example.com,Zoë\n".encode() + b"\r\n--b--\r\n",
+        headers={"Authorization": f"Bearer {api.key}",
+                 "Content-Type": "multipart/form-data; boundary=b; charset=latin-1"},
+    )  # fmt: skip
+    status, body = response.status, await response.json()
+    assert status == 202, body
+    text = "email,first_name\nada@example.com,Adà\n"
+    status, wide = await post(text.encode("utf-16"), "text/csv; charset=utf-16")
+    assert status == 202, wide
+    await run_jobs()
+    for job in (body, wide):
+        assert (await wait_for_job(api, job["data"]["id"]))["counts"] == {"created": 1}
+    names = dict(await db.fetch("SELECT email, first_name FROM contacts"))
+    assert names == {"zoe@example.com": "Zoë", "ada@example.com": "Adà"}
+    assert (await post(b"email\n", "text/csv; charset=hex"))[0] == 415
+    status, body = await post(
+        "email\n".encode("utf-16-le") + b"\x00\xd8a\x00", "text/csv; charset=utf-16-le"
+    )  # a lone surrogate
+    assert status == 422 and "utf-16-le" in body["error"]["message"], body
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 2
+
+
 async def test_upload_refusals(api: Api, db: asyncpg.Connection) -> None:
     cases = [
         (b"", {}, 422, "empty"),
@@ -413,6 +450,25 @@ async def test_resubscribe_moves_who_unsubscribed_only_and_counts_contacts_apart
     assert await db.fetchval("SELECT count(*) FROM sequence_enrollments") == enrolled + (
         opt_in == "single"
     )
+
+
+async def test_resubscribe_with_a_status_gives_that_status_to_who_unsubscribed(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    _, made = await api.post("/lists", {"name": "Mig", "opt_in_process": "double"})
+    list_id = made["data"]["id"]
+    await run_import(api, run_jobs, b"email\nleft@example.com\n", list_id=list_id)
+    await db.execute("UPDATE list_memberships SET status = 'unsubscribed'")
+    data = b"email\nleft@example.com\nnew@example.com\n"
+    job = await run_import(
+        api, run_jobs, data, list_id=list_id, resubscribe=True, status="confirmed"
+    )
+    assert job["counts"] == {"unchanged": 1, "created": 1, "members_resubscribed": 1, "added": 1}
+    assert set(await db.fetch("SELECT status FROM list_memberships")) == {("confirmed",)}
+    # a status that is no subscription moves nobody back
+    await db.execute("UPDATE list_memberships SET status = 'unsubscribed'")
+    job = await run_import(api, run_jobs, data, list_id=list_id, resubscribe=True, status="cleaned")
+    assert job["counts"] == {"unchanged": 2, "skipped": 2}, job
 
 
 async def test_dry_run_counts_equal_the_real_run_and_write_nothing(

@@ -654,13 +654,15 @@ async def _join(
 
 def _joining(params: dict[str, Any]) -> Joining:
     """New members get the status asked for, else the list's (pending for double opt-in);
-    with resubscribe=true, members who unsubscribed get it too (and are counted
-    members_resubscribed: updated counts contacts), and nobody else is moved."""
+    with resubscribe=true, members who unsubscribed get it too if it is pending, subscribed or
+    confirmed (and are counted members_resubscribed: updated counts contacts), and nobody
+    else is moved."""
     new_status = params["status"] or params["default_status"]
+    joined = new_status in ("pending", "subscribed", "confirmed")
     return Joining(
         list_id=params["list_id"],
         new_status=new_status,
-        requested_status=new_status if params["resubscribe"] else None,
+        requested_status=new_status if params["resubscribe"] and joined else None,
         moved_from=("unsubscribed",),
         moved_count="members_resubscribed",
         source=params["source"],

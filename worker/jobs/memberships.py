@@ -23,7 +23,7 @@ class Joining:
     source: str
     trigger_sequences: bool
     consent: Consent | None = None
-    moved_from: tuple[str, ...] | None = None  # if given, only members in these are moved
+    moved_from: tuple[str, ...] | None = None  # if given, members in these are moved (only)
     moved_count: str = "updated"  # the count of the members moved
 
 
