@@ -72,6 +72,9 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     upload.add_argument("--mode", choices=client.IMPORT_MODES)
     upload.add_argument("--status", help="status of new list members (pending, subscribed, ...)")
     upload.add_argument("--source", help="source recorded on new list members")
+    upload.add_argument(
+        "--charset", help="the file's charset if it is not UTF-8 (Excel on Windows: windows-1252)"
+    )
     upload.add_argument("--dry-run", action="store_true", default=None)
     upload.add_argument("--resubscribe", action="store_true", default=None)
     upload.add_argument("--trigger-sequences", action=argparse.BooleanOptionalAction)
@@ -251,7 +254,7 @@ def _run_client(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         request = client.ImportRequest(
             list_id=args.list_id, mode=args.mode, dry_run=args.dry_run,
             resubscribe=args.resubscribe, trigger_sequences=args.trigger_sequences,
-            source=args.source, status=args.status,
+            source=args.source, status=args.status, charset=args.charset,
         )  # fmt: skip
         command = client.import_command(
             url, key, args.file, request, idempotency_key=args.idempotency_key,

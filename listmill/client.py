@@ -75,12 +75,13 @@ class ImportRequest:
     trigger_sequences: bool | None = None
     source: str | None = None
     status: str | None = None
+    charset: str | None = None  # the file's, if not UTF-8: declared on its part, not a field
 
     def form_fields(self) -> list[tuple[str, str]]:
         return [
             (name, str(value).lower() if isinstance(value, bool) else str(value))
             for name, value in asdict(self).items()
-            if value is not None
+            if value is not None and name != "charset"
         ]
 
 
@@ -103,9 +104,15 @@ class FilePayload(payload.Payload):
     """A file streamed from disk in chunks (memory stays flat), reporting the bytes sent."""
 
     def __init__(
-        self, file: BinaryIO, size: int, filename: str, on_sent: Callable[[int], None]
+        self,
+        file: BinaryIO,
+        size: int,
+        filename: str,
+        on_sent: Callable[[int], None],
+        charset: str | None = None,
     ) -> None:
-        super().__init__(file, content_type="text/csv", filename=filename)
+        content_type = f"text/csv; charset={charset}" if charset else "text/csv"
+        super().__init__(file, content_type=content_type, filename=filename)
         self._size = size
         self._file, self._on_sent = file, on_sent
 
@@ -197,7 +204,9 @@ class Client:
             form = aiohttp.MultipartWriter("form-data")
             for name, value in request.form_fields():
                 form.append(value).set_content_disposition("form-data", name=name)
-            streamed = FilePayload(file, size, path.name, lambda sent: on_sent(sent, size))
+            streamed = FilePayload(
+                file, size, path.name, lambda sent: on_sent(sent, size), request.charset
+            )
             form.append_payload(streamed).set_content_disposition(
                 "form-data", name="file", filename=path.name
             )

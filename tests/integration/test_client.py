@@ -165,6 +165,18 @@ async def test_import_without_wait_prints_the_job_id_and_replays_by_idempotency_
     assert status == 200 and body["data"]["params"]["dry_run"] is True
 
 
+@pytest.mark.usefixtures("workers")
+async def test_import_charset_declares_the_files_charset(
+    api: Api, serve: Serve, tmp_path: Path, db: asyncpg.Connection
+) -> None:
+    service = await serve()
+    path = tmp_path / "excel.csv"
+    path.write_bytes("email;first_name\r\nzoe@example.com;Zoë\r\n".encode("cp1252"))
+    flags = ["--url", service.url, "--key", api.key, "--wait"]
+    assert await cli("import", str(path), "--charset", "windows-1252", *flags) == 0
+    assert await db.fetchval("SELECT first_name FROM contacts") == "Zoë"
+
+
 async def upload_peak(integrator: client.Client, path: Path) -> tuple[list[int], int]:
     """The bytes-sent reports of an upload, and the peak of memory traced meanwhile."""
     progress: list[int] = []
