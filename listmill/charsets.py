@@ -35,7 +35,7 @@ class Transcoder:
     _decoder: Any = field(default=None, init=False)  # codecs.IncrementalDecoder, once chosen
     _started: bool = field(default=False, init=False)
     _is_utf8: bool = field(default=False, init=False)  # the bytes said so
-    _held: bytes = b""  # bytes that may begin a UTF-8 character, before anything told
+    _held: bytes = field(default=b"", init=False)  # what may begin a UTF-8 character
 
     def __post_init__(self) -> None:
         if self.charset is None:

@@ -138,6 +138,10 @@ def _header_record(text: str) -> tuple[str, str]:
     return delimiter, record
 
 
+# from inside a quoted field: up to its closing quote (one not doubled)
+_CLOSING = re.compile(r'(?:[^"]++|"")*+"(?!")')
+
+
 def first_record(text: str, delimiter: str) -> str | None:
     """The text's first record as csv reads it, without its line end; None if a quote opened
     in it is never closed in the text."""
@@ -145,7 +149,7 @@ def first_record(text: str, delimiter: str) -> str | None:
     pos, end = 0, len(text)
     while True:  # at the start of a field
         if text.startswith('"', pos):
-            closing = RecordSplitter._CLOSING.match(text, pos + 1)
+            closing = _CLOSING.match(text, pos + 1)
             if closing is None:
                 return None
             pos = closing.end()
@@ -165,9 +169,6 @@ class RecordSplitter:
     """Cuts decoded text into complete CSV records across chunk boundaries: a newline ends a
     record only outside quotes. As csv reads them, a quote opens a quoted field only at the
     start of a field (``5" screen`` is text), and inside one a doubled quote is a quote."""
-
-    # from inside a quoted field: up to its closing quote (one not doubled)
-    _CLOSING = re.compile(r'(?:[^"]++|"")*+"(?!")')
 
     def __init__(self, delimiter: str) -> None:
         self._field_starts = (delimiter, "\n", "\r")
@@ -240,7 +241,7 @@ class RecordSplitter:
 
     def _past_closing(self, text: str, pos: int) -> int:
         """From inside a quoted field: past its closing quote, or the end of the text."""
-        closing = self._CLOSING.match(text, pos)
+        closing = _CLOSING.match(text, pos)
         if closing is None:
             return len(text)
         if closing.end() == len(text):

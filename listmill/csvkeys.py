@@ -154,8 +154,9 @@ class KeyReader:
 
     header: Header
     hashes: KeyHashes = key_hashes
-    _rest: bytes = b""  # a record not ended yet, or the file's start before its header is read
-    _data_begun: bool = False  # the header is behind: the rest begins a record
+    # a record not ended yet, or the file's start before its header is read
+    _rest: bytes = field(default=b"", init=False)
+    _data_begun: bool = field(default=False, init=False)  # the header is behind: rest begins one
     _reader: CsvReader | None = field(default=None, init=False)  # the rest is csv's, then
 
     def feed(self, chunk: bytes) -> list[Keys]:

@@ -199,12 +199,12 @@ async def import_contacts(request: web.Request) -> web.Response:
             await _fields_after_file(source, raw_options)
             options = validate(ImportOptions, raw_options)
             params = options.model_dump(mode="json") | await _check_list(conn, project_id, options)
+            # the charset joins what a retry must repeat only where one was declared
+            stored = [file_digest, params] + ([source.charset] if source.charset else [])
             submission = Submission(
                 project_id=project_id, kind=JobKind.IMPORT, params=params, payload=None,
                 total=None, counts={}, idempotency_key=key,
-                fingerprint=fingerprint(
-                    "POST", request.path, [file_digest, params, *filter(None, [source.charset])]
-                ),
+                fingerprint=fingerprint("POST", request.path, stored),
             )  # fmt: skip
             job = await store(conn, settings, submission, job_id)
     except Replay as replay:
