@@ -273,13 +273,16 @@ async def delete_contact(conn: Connection, project_id: int, contact_id: int) -> 
     return bool(status == "DELETE 1")
 
 
+# Contacts by id: `= ANY` of the array too, never a join with it (see _BY_EMAILS). A bulk
+# unsubscribe's UPDATE joined with unnest(ids) was planned, once the statistics said every
+# contact of the project was subscribed (so none would match), as a nested loop that scanned
+# the 1,000 ids for each of the project's 1,000 contacts: 400-600 ms instead of 10.
 async def find_by_ids(conn: Connection, project_id: int, ids: list[int]) -> dict[int, str]:
     """The project's contacts among ``ids``: id -> marketing status. Others are absent."""
     rows = await fetch_planned(
         conn,
         """
-        SELECT c.id, c.status FROM unnest($2::bigint[]) AS given(id)
-        JOIN contacts c ON c.id = given.id WHERE c.project_id = $1
+        SELECT c.id, c.status FROM contacts c WHERE c.project_id = $1 AND c.id = ANY($2::bigint[])
         """,
         project_id,
         ids,
@@ -320,8 +323,7 @@ async def set_status(
         conn,
         """
         UPDATE contacts c SET status = $3, updated_at = now()
-        FROM unnest($2::bigint[]) AS given(id)
-        WHERE c.id = given.id AND c.project_id = $1 AND c.status = ANY($4::text[])
+        WHERE c.project_id = $1 AND c.id = ANY($2::bigint[]) AND c.status = ANY($4::text[])
         RETURNING c.id
         """,
         project_id,
@@ -337,8 +339,7 @@ async def delete_contacts(conn: Connection, project_id: int, ids: list[int]) -> 
     rows = await fetch_planned(
         conn,
         """
-        DELETE FROM contacts c USING unnest($2::bigint[]) AS given(id)
-        WHERE c.id = given.id AND c.project_id = $1 RETURNING c.id
+        DELETE FROM contacts c WHERE c.project_id = $1 AND c.id = ANY($2::bigint[]) RETURNING c.id
         """,
         project_id,
         ids,
