@@ -257,7 +257,8 @@ async def bulk_beside(api: Api, cfg: Config, stop: asyncio.Event) -> list[BulkRu
 
 async def copy_baseline(cfg: Config, project_id: int, sort: bool) -> float:
     """COPY the first file's rows into an empty table LIKE contacts INCLUDING ALL (its
-    indexes, defaults and checks) in one transaction; rows/s. The rows are built
+    indexes, defaults and checks) and with its storage parameters (fillfactor), in one
+    transaction; rows/s. The rows are built
     before the clock starts: this is the COPY alone."""
     records = [copy_record(project_id, i) for i in first_file(cfg.rows)]
     if sort:
@@ -266,6 +267,11 @@ async def copy_baseline(cfg: Config, project_id: int, sort: bool) -> float:
     try:
         await conn.execute(f"DROP TABLE IF EXISTS {COPY_TABLE}")
         await conn.execute(f"CREATE TABLE {COPY_TABLE} (LIKE contacts INCLUDING ALL)")
+        options = await conn.fetchval(
+            "SELECT reloptions FROM pg_class WHERE oid = 'contacts'::regclass"
+        )
+        if options:
+            await conn.execute(f"ALTER TABLE {COPY_TABLE} SET ({', '.join(options)})")
         await conn.execute("CHECKPOINT")  # like before every import: no dirty pages inherited
         start = time.perf_counter()
         async with conn.transaction():
@@ -498,7 +504,8 @@ def print_report(r: dict[str, Any]) -> None:
         b = r["bulk_beside_import_ms"]
         print(f"{b['jobs']} bulk jobs of 1,000 emails beside the half-new import: "
               f"p50 {b['p50']:.0f} ms, p99 {b['p99']:.0f} ms, max {b['max']:.0f} ms "
-              f"(medians: submitted {b['submitted_p50']:.0f} ms, queued {b['queued_p50']:.0f} ms, ran {b['ran_p50']:.0f} ms)")  # fmt: skip
+              f"(medians: submitted {b['submitted_p50']:.0f} ms, "
+              f"queued {b['queued_p50']:.0f} ms, ran {b['ran_p50']:.0f} ms)")  # fmt: skip
     print(f"failed or miscounted jobs: {', '.join(r['failed_jobs']) or 'none'}")
     print(json.dumps(r, separators=(",", ":")))
 

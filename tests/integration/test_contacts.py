@@ -7,6 +7,7 @@ import asyncio
 import asyncpg
 import pytest
 
+from listmill.db import apply_schema
 from tests.conftest import Api
 
 
@@ -199,3 +200,19 @@ async def test_custom_data_keeps_integers_past_64_bits_exact(api: Api) -> None:
     _, created = await api.post("/contacts", {"email": "big@example.com", "data": {"n": big}})
     _, read = await api.get(f"/contacts/{created['data']['id']}")
     assert read["data"]["data"] == {"n": big}
+
+
+async def test_contacts_pages_keep_room_for_next_versions_also_on_an_older_table(
+    database_url: str,
+) -> None:
+    """schema.sql's fillfactor: on a table it makes, and on one made before it."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        options = "SELECT reloptions FROM pg_class WHERE oid = 'contacts'::regclass"
+        assert await conn.fetchval(options) == ["fillfactor=95"]
+        await conn.execute("ALTER TABLE contacts RESET (fillfactor)")
+        assert await conn.fetchval(options) is None
+        await apply_schema(database_url)
+        assert await conn.fetchval(options) == ["fillfactor=95"]
+    finally:
+        await conn.close()
