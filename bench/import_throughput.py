@@ -258,8 +258,7 @@ async def bulk_beside(api: Api, cfg: Config, stop: asyncio.Event) -> list[BulkRu
 async def copy_baseline(cfg: Config, project_id: int, sort: bool) -> float:
     """COPY the first file's rows into an empty table LIKE contacts INCLUDING ALL (its
     indexes, defaults and checks) and with its storage parameters (fillfactor), in one
-    transaction; rows/s. The rows are built
-    before the clock starts: this is the COPY alone."""
+    transaction; rows/s. The rows are built before the clock starts: this is the COPY alone."""
     records = [copy_record(project_id, i) for i in first_file(cfg.rows)]
     if sort:
         records.sort(key=lambda r: r[2])

@@ -274,9 +274,9 @@ async def delete_contact(conn: Connection, project_id: int, contact_id: int) -> 
 
 
 # Contacts by id: `= ANY` of the array too, never a join with it (see _BY_EMAILS). A bulk
-# unsubscribe's UPDATE joined with unnest(ids) was planned, once the statistics said every
-# contact of the project was subscribed (so none would match), as a nested loop that scanned
-# the 1,000 ids for each of the project's 1,000 contacts: 400-600 ms instead of 10.
+# subscribe's UPDATE joined with unnest(ids) was planned, once the statistics said no contact
+# of the project was unsubscribed (so none would match), as a nested loop that scanned the
+# 1,000 ids for each of the project's 1,000 contacts: 400-600 ms instead of 10.
 async def find_by_ids(conn: Connection, project_id: int, ids: list[int]) -> dict[int, str]:
     """The project's contacts among ``ids``: id -> marketing status. Others are absent."""
     rows = await fetch_planned(
