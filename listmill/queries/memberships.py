@@ -15,6 +15,7 @@ from listmill.db import Connection, execute_planned, fetch_planned
 from listmill.records import Membership
 
 ACTIVE = ("subscribed", "confirmed")
+JOINING = frozenset({"pending", "subscribed", "confirmed"})  # statuses that would mail it
 MEMBER_COLUMNS = """
     m.list_id, m.contact_id, m.status, m.source, m.subscribed_at, m.confirmed_at,
     m.unsubscribed_at, m.consent_source, m.consent_text_version, host(m.consent_ip) AS consent_ip,

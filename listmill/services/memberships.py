@@ -9,14 +9,13 @@ from listmill.errors import Conflict, NotFound
 from listmill.queries import contacts as contact_queries
 from listmill.queries import lists as list_queries
 from listmill.queries import memberships as queries
-from listmill.queries.memberships import Consent
+from listmill.queries.memberships import JOINING, Consent
 from listmill.records import ListStatus, MailingList, Membership, OptInProcess
 from listmill.validation import normalize_email
 
 LIST_NOT_FOUND = "list not found"
 CONTACT_NOT_FOUND = "contact not found"
 MEMBERSHIP_NOT_FOUND = "membership not found"
-JOINING = frozenset({"pending", "subscribed", "confirmed"})  # statuses that would mail it
 
 
 async def _list(conn: Connection, project_id: int, list_id: int) -> MailingList:

@@ -38,7 +38,7 @@ from listmill.keyhash import key_hashes, legacy_key_hashes, text_hashes
 from listmill.knowncontacts import KnownContacts, read_known, worth_reading
 from listmill.queries import contacts as contact_queries
 from listmill.queries import imports as queries
-from listmill.queries.memberships import Consent
+from listmill.queries.memberships import JOINING, Consent
 from listmill.records import JobRow
 from listmill.settings import Settings
 
@@ -658,7 +658,7 @@ def _joining(params: dict[str, Any]) -> Joining:
     confirmed (and are counted members_resubscribed: updated counts contacts), and nobody
     else is moved."""
     new_status = params["status"] or params["default_status"]
-    joined = new_status in ("pending", "subscribed", "confirmed")
+    joined = new_status in JOINING
     return Joining(
         list_id=params["list_id"],
         new_status=new_status,
