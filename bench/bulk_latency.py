@@ -2,8 +2,9 @@
 
 Starts one `listmill web` and one `listmill worker` on a fresh database, then measures:
 
-* baseline: an in-script arq Worker running a no-op, enqueue_job -> job.result(), with the
-  service's default WORKER_POLL_DELAY;
+* baseline: an in-script arq Worker running a no-op, enqueue_job -> job.result(), polling
+  its queue every 50 ms (plain arq has no wake-up; 50 ms was listmill's poll delay before
+  its workers were woken by a channel, and arq's own default is 500 ms);
 * A: N sequential 1,000-id bulk-unsubscribe/bulk-subscribe jobs (alternating, so every job
   changes every row), from sending the POST to the first 5 ms poll that sees the job finished;
 * B: the same while a background client keeps the large lane busy with 10,000-contact upserts;
@@ -71,6 +72,7 @@ BREAKDOWN = (
 )
 HEADINGS = ("202 answered", "POST->stored", "->claimed", "->finished", "->seen", "polls")
 DEFAULT_POLL_DELAY = float(Settings.model_fields["worker_poll_delay"].default)
+ARQ_POLL_DELAY = 0.05
 DEFAULT_THRESHOLD = int(Settings.model_fields["large_job_threshold"].default)
 
 
@@ -328,7 +330,7 @@ async def arq_baseline(cfg: Config, rounds: int) -> list[float]:
         functions=[noop],
         queue_name=queue,
         redis_settings=settings,
-        poll_delay=DEFAULT_POLL_DELAY,
+        poll_delay=ARQ_POLL_DELAY,
         handle_signals=False,
         keep_result=60,
     )
@@ -496,6 +498,7 @@ def summarize(
         "jobs": cfg.jobs,
         "contacts": len(ids),
         "worker_poll_delay_s": DEFAULT_POLL_DELAY,
+        "arq_poll_delay_s": ARQ_POLL_DELAY,
         "client_poll_s": POLL_SECONDS,
         "large_job_threshold": DEFAULT_THRESHOLD if threshold is None else threshold,
         "scenario_seconds": cfg.scenario_seconds,
@@ -519,7 +522,8 @@ def print_header(r: dict[str, Any]) -> None:
     print(
         f"\nlistmill bulk-job latency: {r['jobs']} jobs per scenario, {r['contacts']} contact "
         f"ids each, client polls every {r['client_poll_s'] * 1000:.0f} ms, "
-        f"WORKER_POLL_DELAY {r['worker_poll_delay_s']} s, {r['cpus']} CPUs, "
+        f"WORKER_POLL_DELAY {r['worker_poll_delay_s']} s (the arq baseline polls every "
+        f"{r['arq_poll_delay_s']} s), {r['cpus']} CPUs, "
         f"Postgres autovacuum {r['autovacuum']}, {r['worker_processes']}"
         + (f", ANALYZE contacts every {r['analyze_every_s']} s" if r["analyze_every_s"] else "")
     )

@@ -57,7 +57,8 @@ class Settings(BaseSettings):
     queue_prefix: str = "listmill"
     worker_lanes: str = "small,large"
     worker_max_jobs: int = 4
-    worker_poll_delay: float = 0.05
+    # a worker looks at its queue when woken (a job enqueued) and at the latest this often
+    worker_poll_delay: float = 0.5
     batch_size: int = 1000
     import_batch_size: int = 20_000
     job_max_attempts: int = 5
@@ -81,6 +82,10 @@ class Settings(BaseSettings):
     def lane_queue(self, lane: Lane) -> str:
         """The Redis key of the arq queue that serves ``lane``."""
         return f"{self.queue_prefix}:queue:{lane.value}"
+
+    def lane_wake_channel(self, lane: Lane) -> str:
+        """The Redis channel that tells the workers of ``lane`` a job is due."""
+        return f"{self.queue_prefix}:wake:{lane.value}"
 
     def is_operator_project(self, name: str) -> bool:
         """Whether ``name`` is listed in OPERATOR_PROJECTS (comma-separated)."""

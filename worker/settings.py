@@ -12,7 +12,6 @@ from typing import Any, cast
 
 import structlog
 from arq.connections import ArqRedis, RedisSettings
-from arq.worker import Worker
 from redis import exceptions as redis_errors
 
 from listmill.db import create_pool
@@ -20,6 +19,7 @@ from listmill.logs import configure_logging
 from listmill.presence import now_iso, publish_worker, remove_worker
 from listmill.settings import Lane, Settings
 from worker.context import WorkerContext
+from worker.lane_worker import LaneWorker
 from worker.metrics import serve_metrics
 from worker.runner import run_job
 from worker.scheduled import scheduled_runs
@@ -36,11 +36,13 @@ GC_FULL_EVERY = 1000
 
 def make_worker(
     settings: Settings, lane: Lane, context: WorkerContext, *, burst: bool = False
-) -> Worker:
-    """An arq Worker for one lane; the small lane's also runs the reaper (not in burst mode,
-    where a cron's next run, always queued, would keep the worker from ever finishing)."""
+) -> LaneWorker:
+    """An arq Worker for one lane, woken by its lane's channel; the small lane's also runs the
+    reaper. Not in burst mode, which polls as plain arq does: a cron's next run, always
+    queued, would keep the worker from ever finishing."""
     crons = scheduled_runs(settings) if lane is Lane.SMALL and not burst else []
-    return Worker(
+    return LaneWorker(
+        wake_channel=None if burst else settings.lane_wake_channel(lane),
         functions=[cast(Any, run_job)],
         queue_name=settings.lane_queue(lane),
         cron_jobs=crons,
@@ -132,6 +134,8 @@ def run_worker(settings: Settings) -> None:
     asyncio.run(serve(settings))
 
 
-def in_process_workers(settings: Settings, context: WorkerContext, **kwargs: Any) -> list[Worker]:
+def in_process_workers(
+    settings: Settings, context: WorkerContext, **kwargs: Any
+) -> list[LaneWorker]:
     """Workers for every lane, for tests and benchmarks that run jobs in-process."""
     return [make_worker(settings, lane, context, **kwargs) for lane in Lane]

@@ -1,0 +1,197 @@
+"""Workers start a job when it is enqueued, not at their next poll: the lane's wake-up channel
+(worker.lane_worker). Every worker here polls only once a minute, so a job that starts
+within seconds was started by a wake-up, a deferred job's timer or a freed slot."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from arq.connections import ArqRedis, RedisSettings
+from arq.worker import func
+
+from listmill.jobs.queue import RUN_JOB, wake_worker
+from listmill.settings import Lane, Settings
+from tests.conftest import Api, make_settings, wait_for_job
+from worker.context import WorkerContext
+from worker.lane_worker import LaneWorker
+from worker.settings import in_process_workers
+
+POLL_DELAY = 60.0  # far longer than any wait below
+STARTED_WITHIN = 10.0  # a job that starts later than this was not woken
+
+
+SETTLE = 0.3  # for the looks a worker takes on its own (on subscribing, at a job's end)
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str) -> Settings:
+    """Workers that poll once a minute, and a reaper (a cron run, so a timer of the small
+    lane's worker) that runs once an hour."""
+    return make_settings(
+        database_url, redis_url, worker_poll_delay=POLL_DELAY, reaper_interval_seconds=3600
+    )
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[ArqRedis]:
+    client: ArqRedis = ArqRedis.from_url(settings.redis_url)
+    yield client
+    await client.aclose()
+
+
+async def subscribed(redis: ArqRedis, channel: str, count: int = 1) -> None:
+    """Wait until ``count`` clients listen on ``channel``: a worker that listens has had its
+    first look at the queue and is waiting."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTED_WITHIN
+    while dict(await redis.pubsub_numsub(channel)).get(channel.encode(), 0) < count:
+        assert loop.time() < deadline, f"nobody subscribed to {channel}"
+        await asyncio.sleep(0.01)
+
+
+class Recorder:
+    """A LaneWorker whose run_job notes the job id and when it started, then waits for
+    ``release`` (set from the start unless a test holds jobs running)."""
+
+    def __init__(self, settings: Settings, *, max_jobs: int = 4) -> None:
+        self.started: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
+        self.release = asyncio.Event()
+        self.release.set()
+        self.channel = settings.lane_wake_channel(Lane.SMALL)
+        self.worker = LaneWorker(
+            wake_channel=self.channel,
+            poll_delay=POLL_DELAY,
+            functions=[func(self._run, name=RUN_JOB)],
+            queue_name=settings.lane_queue(Lane.SMALL),
+            redis_settings=RedisSettings.from_dsn(settings.redis_url),
+            handle_signals=False,
+            max_jobs=max_jobs,
+            keep_result=0,
+        )
+
+    async def _run(self, ctx: dict[str, Any], job_id: str) -> None:
+        await self.started.put((job_id, time.monotonic()))
+        await self.release.wait()
+
+    async def next_started(self) -> tuple[str, float]:
+        return await asyncio.wait_for(self.started.get(), STARTED_WITHIN)
+
+
+async def stop(workers: list[LaneWorker], tasks: list[asyncio.Task[None]]) -> None:
+    """As the service stops its workers: a job still running is cancelled."""
+    for worker in workers:
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker.close()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.fixture
+async def recorder(settings: Settings, redis: ArqRedis) -> AsyncIterator[Recorder]:
+    recorder = Recorder(settings, max_jobs=1)
+    task = asyncio.create_task(recorder.worker.async_run())
+    await subscribed(redis, recorder.channel)
+    yield recorder
+    recorder.release.set()
+    await stop([recorder.worker], [task])
+
+
+async def enqueue(redis: ArqRedis, settings: Settings, delay: float = 0) -> str:
+    job_id = uuid.uuid4()
+    await wake_worker(redis, settings, job_id, Lane.SMALL.value, 1, delay=delay)
+    return str(job_id)
+
+
+async def test_a_job_due_now_starts_at_once(
+    recorder: Recorder, redis: ArqRedis, settings: Settings
+) -> None:
+    for _ in range(3):
+        job_id = await enqueue(redis, settings)
+        assert (await recorder.next_started())[0] == job_id
+
+
+async def test_a_deferred_job_starts_when_it_falls_due(
+    recorder: Recorder, redis: ArqRedis, settings: Settings
+) -> None:
+    """A retry is enqueued for later and not announced: the worker's own timer starts it."""
+    await enqueue(redis, settings)  # a first job, so the deferred one is enqueued mid-wait
+    await recorder.next_started()
+    enqueued = time.monotonic()
+    job_id = await enqueue(redis, settings, delay=0.5)
+    started, at = await recorder.next_started()
+    assert started == job_id
+    assert at - enqueued >= 0.45  # not before it was due (arq's scores are whole ms)
+
+
+async def test_a_job_that_found_the_worker_full_starts_when_a_slot_frees(
+    recorder: Recorder, redis: ArqRedis, settings: Settings
+) -> None:
+    recorder.release.clear()
+    first = await enqueue(redis, settings)
+    assert (await recorder.next_started())[0] == first
+    second = await enqueue(redis, settings)  # announced while the only slot is taken
+    await asyncio.sleep(0.2)
+    assert recorder.started.empty()
+    recorder.release.set()
+    assert (await recorder.next_started())[0] == second
+
+
+async def test_a_worker_resubscribes_when_redis_drops_its_subscription(
+    settings: Settings, redis: ArqRedis
+) -> None:
+    def pubsub_clients(clients: list[dict[str, Any]]) -> set[str]:
+        return {c["id"] for c in clients}
+
+    before = pubsub_clients(await redis.client_list(_type="pubsub"))
+    recorder = Recorder(settings)
+    task = asyncio.create_task(recorder.worker.async_run())
+    try:
+        await subscribed(redis, recorder.channel)
+        ours = pubsub_clients(await redis.client_list(_type="pubsub")) - before
+        assert ours
+        for client_id in ours:
+            await redis.client_kill_filter(_id=client_id)
+        await subscribed(redis, recorder.channel)  # again, on a new connection
+        assert not ours & pubsub_clients(await redis.client_list(_type="pubsub"))
+        job_id = await enqueue(redis, settings)
+        assert (await recorder.next_started())[0] == job_id
+    finally:
+        await stop([recorder.worker], [task])
+
+
+@pytest.fixture
+async def workers(
+    settings: Settings, worker_context: WorkerContext, redis: ArqRedis
+) -> AsyncIterator[None]:
+    """The service's own workers, for every lane, listening."""
+    running = in_process_workers(settings, worker_context)
+    tasks = [asyncio.create_task(worker.async_run()) for worker in running]
+    for lane in Lane:
+        await subscribed(redis, settings.lane_wake_channel(lane))
+    yield
+    await stop(running, tasks)
+
+
+@pytest.mark.parametrize(
+    ("contacts", "lane"), [(10, Lane.SMALL), (2_001, Lane.LARGE)], ids=["small", "large"]
+)
+async def test_a_posted_job_is_started_by_its_lanes_wake_up(
+    api: Api, workers: None, contacts: int, lane: Lane
+) -> None:
+    """Through the service: the web's POST announces the job on its lane's channel."""
+    for round_ in range(2):
+        await asyncio.sleep(SETTLE)
+        rows = [{"email": f"r{round_}-{i}@example.com"} for i in range(contacts)]
+        status, body = await api.post("/contacts/bulk-upsert", {"contacts": rows})
+        assert status == 202, body
+        assert body["data"]["lane"] == lane.value
+        job = await wait_for_job(api, body["data"]["id"], timeout=STARTED_WITHIN)
+        assert job["status"] == "succeeded"
+        assert job["counts"]["created"] == contacts

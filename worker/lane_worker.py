@@ -1,0 +1,92 @@
+"""An arq Worker that polls its queue as soon as a job is due, not only every poll delay.
+
+arq has no blocking pop: a plain worker looks at its queue every poll delay, so a job waited
+half that delay on average before it started, and every look of an idle worker cost CPU.
+Here whoever enqueues a job that is due now also publishes on its lane's Redis channel
+(``listmill.jobs.queue.wake_worker``); every worker of the lane is subscribed and looks at
+once. Between wake-ups a worker still looks every ``WORKER_POLL_DELAY``, or sooner when a job
+deferred to later (a retry, the reaper's cron run) falls due first: that covers wake-ups sent
+while it was not subscribed, and arq's own bookkeeping (its health key, cron runs).
+
+It leans on two methods of arq's Worker (arq is pinned below 0.29): ``_poll_iteration``, one
+look at the queue, and ``_release_sem_dec_counter_on_complete``, a job's end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+from arq.utils import timestamp_ms
+from arq.worker import Worker
+from redis import exceptions as redis_errors
+
+log = structlog.get_logger(__name__)
+
+RESUBSCRIBE_SECONDS = 1.0
+
+
+class LaneWorker(Worker):
+    """An arq Worker woken by its lane's channel; without a channel (burst mode), plain arq."""
+
+    def __init__(self, *, wake_channel: str | None, poll_delay: float, **kwargs: Any):
+        # with a channel, arq's loop looks back to back and the wait between looks is ours
+        super().__init__(poll_delay=0 if wake_channel else poll_delay, **kwargs)
+        self.wake_channel = wake_channel
+        self.longest_wait = poll_delay
+        self._woken = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
+
+    async def _poll_iteration(self) -> None:
+        await super()._poll_iteration()
+        if self.wake_channel is None:
+            return
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(self.wake_channel))
+        wait = await self._seconds_to_next_due()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._woken.wait(), wait)
+        # cleared before the next look: a job enqueued from now on is seen by that look
+        self._woken.clear()
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self._woken.set()  # a slot is free: a job that found the worker full can start now
+
+    async def _seconds_to_next_due(self) -> float:
+        """Until the earliest job deferred to later, at most ``longest_wait``. Jobs due now are
+        not counted: they have started or wait for a free slot (a job's end wakes the worker)."""
+        now = timestamp_ms()
+        later = await self.pool.zrangebyscore(
+            self.queue_name, min=f"({now}", max="+inf", start=0, num=1, withscores=True
+        )
+        if not later:
+            return self.longest_wait
+        due_ms = float(later[0][1])
+        return min(self.longest_wait, max(0.0, (due_ms - now) / 1000))
+
+    async def _listen(self, channel: str) -> None:
+        """Wake the worker on each message of ``channel``; resubscribe when Redis drops it."""
+        while True:
+            pubsub = self.pool.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                self._woken.set()  # whatever was published while not subscribed
+                async for _ in pubsub.listen():
+                    self._woken.set()
+            except (OSError, redis_errors.RedisError) as exc:
+                log.warning("wake_channel_lost", channel=channel, error=repr(exc))
+            finally:
+                with contextlib.suppress(OSError, redis_errors.RedisError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(RESUBSCRIBE_SECONDS)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        await super().close()
