@@ -83,14 +83,18 @@ async def execute_planned(conn: Connection, query: str, *args: Any) -> str:
     return status
 
 
-async def create_pool(settings: Settings) -> Pool:
-    """A pool whose connections decode json/jsonb to Python values."""
+async def create_pool(settings: Settings, *, synchronous_commit: bool = True) -> Pool:
+    """A pool whose connections decode json/jsonb to Python values. With
+    ``synchronous_commit=False`` a commit returns before its WAL is on disk (for the workers:
+    see worker.settings.make_context); it is a startup parameter, so the pool's RESET ALL
+    between uses keeps it."""
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         statement_cache_size=settings.db_statement_cache_size,
         init=_init_connection,
+        server_settings=None if synchronous_commit else {"synchronous_commit": "off"},
     )
     assert pool is not None
     return pool

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     db_pool_min: int = 1
     db_pool_max: int = 20
     db_statement_cache_size: int = 100
+    worker_synchronous_commit: bool = Field(
+        False, description="workers' commits wait for the WAL flush (on), or not (off)"
+    )
 
     queue_prefix: str = "listmill"
     worker_lanes: str = "small,large"

@@ -13,11 +13,12 @@ from aiohttp.test_utils import TestClient
 from arq.connections import ArqRedis
 
 from api.app import create_app
+from api.context import POOL
 from listmill.settings import Settings
 from tests.conftest import Api, RunJobs, make_settings, wait_for_job
 from worker.context import WorkerContext
 from worker.runner import run_job
-from worker.settings import in_process_workers
+from worker.settings import in_process_workers, make_context
 
 
 def contacts(n: int, start: int = 0) -> list[dict[str, Any]]:
@@ -409,3 +410,21 @@ async def test_a_cancelled_job_whose_worker_died_ends_cancelled(
     await run_jobs()  # the reaper finds the expired lease
     job = await wait_for_job(api, job_id)
     assert job["status"] == "cancelled" and job["finished_at"] is not None
+
+
+async def test_workers_commit_without_waiting_for_the_disk_and_the_web_waits(
+    settings: Settings, worker_context: WorkerContext, client: TestClient
+) -> None:
+    """What the web accepts is on disk before its 202; a worker's writes can all be written
+    again from that, so they do not wait for the WAL flush (worker.settings.make_context)."""
+    for _ in range(2):  # the pool's RESET ALL between two uses keeps it
+        async with worker_context["pool"].acquire() as conn:
+            assert await conn.fetchval("SHOW synchronous_commit") == "off"
+    async with client.app[POOL].acquire() as conn:
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+    durable = await make_context(settings.model_copy(update={"worker_synchronous_commit": True}))
+    try:
+        async with durable["pool"].acquire() as conn:
+            assert await conn.fetchval("SHOW synchronous_commit") == "on"
+    finally:
+        await durable["pool"].close()
