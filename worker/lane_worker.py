@@ -2,11 +2,12 @@
 
 arq has no blocking pop: a plain worker looks at its queue every poll delay, so a job waited
 half that delay on average before it started, and every look of an idle worker cost CPU.
-Here whoever enqueues a job that is due now also publishes on its lane's Redis channel
+Here whoever enqueues a job also publishes on its lane's Redis channel
 (``listmill.jobs.queue.wake_worker``); every worker of the lane is subscribed and looks at
-once. Between wake-ups a worker still looks every ``WORKER_POLL_DELAY``, or sooner when a job
-deferred to later (a retry, the reaper's cron run) falls due first: that covers wake-ups sent
-while it was not subscribed, and arq's own bookkeeping (its health key, cron runs).
+once. After each look a worker waits until it is woken, until the earliest job deferred to
+later (a retry, the reaper's cron run) falls due, or at most ``WORKER_POLL_DELAY``: that
+covers wake-ups sent while it was not subscribed, and arq's own bookkeeping (its health key,
+cron runs).
 
 It leans on two methods of arq's Worker (arq is pinned below 0.29): ``_poll_iteration``, one
 look at the queue, and ``_release_sem_dec_counter_on_complete``, a job's end.

@@ -22,9 +22,10 @@ async def wake_worker(
     """Enqueue the wake-up for ``next_attempt`` of a job.
 
     The arq id names the attempt, so a re-enqueue after a crash is never refused as a
-    duplicate, while two wake-ups for the same attempt collapse into one. A job due now is
-    also announced on its lane's channel, so that a worker looks at once rather than at its
-    next poll (worker.lane_worker); a deferred one is seen by the workers' own timers.
+    duplicate, while two wake-ups for the same attempt collapse into one. The job is also
+    announced on its lane's channel: the lane's workers look at their queue at once rather
+    than at their next poll, and start it, or, if it is deferred, time their next look for
+    when it falls due (worker.lane_worker).
     """
     await redis.enqueue_job(
         RUN_JOB,
@@ -33,5 +34,4 @@ async def wake_worker(
         _queue_name=settings.lane_queue(Lane(lane)),
         _defer_by=delay or None,
     )
-    if not delay:
-        await redis.publish(settings.lane_wake_channel(Lane(lane)), str(job_id))
+    await redis.publish(settings.lane_wake_channel(Lane(lane)), str(job_id))

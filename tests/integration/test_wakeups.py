@@ -120,9 +120,10 @@ async def test_a_job_due_now_starts_at_once(
 async def test_a_deferred_job_starts_when_it_falls_due(
     recorder: Recorder, redis: ArqRedis, settings: Settings
 ) -> None:
-    """A retry is enqueued for later and not announced: the worker's own timer starts it."""
-    await enqueue(redis, settings)  # a first job, so the deferred one is enqueued mid-wait
+    """A retry is enqueued for later: its announcement sets the worker's timer for it."""
+    await enqueue(redis, settings)
     await recorder.next_started()
+    await asyncio.sleep(SETTLE)  # the worker has looked after that job's end and waits
     enqueued = time.monotonic()
     job_id = await enqueue(redis, settings, delay=0.5)
     started, at = await recorder.next_started()
