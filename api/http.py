@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -13,9 +14,13 @@ from pydantic import BaseModel, ValidationError
 from listmill.errors import BadRequest, NotFound, UnsupportedMediaType, ValidationFailed
 
 M = TypeVar("M", bound=BaseModel)
+P = ParamSpec("P")
+T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_ID = 2**63 - 1
 MAX_JSON_DEPTH = 32  # far past any contact's custom data, far short of any parser's limit
+# a body past this is parsed and validated in a thread (off_loop)
+OFF_LOOP_BYTES = 64 * 1024
 
 
 def requires(scope: str) -> Callable[[Handler], Handler]:
@@ -54,6 +59,18 @@ def validate(model: type[M], data: Any) -> M:
         raise ValidationFailed(details=validation_details(exc)) from exc
 
 
+async def off_loop(
+    request: web.Request, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    """``work(*args, **kwargs)``, in a thread when the request's body is large. Parsing and
+    validating 10,000 contacts holds the CPU for 150-300 ms; on the event loop that would hold
+    every other request of the process as long, where in a thread the loop gets the GIL back
+    every 5 ms (Python's switch interval)."""
+    if (request.content_length or 0) < OFF_LOOP_BYTES:
+        return work(*args, **kwargs)
+    return await asyncio.to_thread(work, *args, **kwargs)
+
+
 async def read_json(request: web.Request) -> Any:
     """The JSON body; 415 for another content type, 400 when it does not parse."""
     if request.content_type not in ("application/json", "application/octet-stream", ""):
@@ -61,6 +78,10 @@ async def read_json(request: web.Request) -> Any:
     raw = await request.read()
     if not raw:
         raise BadRequest("a JSON body is required")
+    return await off_loop(request, _parse_json, raw)
+
+
+def _parse_json(raw: bytes) -> Any:
     try:
         body = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from api.context import POOL, REDIS, SETTINGS, auth_of
-from api.http import data_response, read_json, requires, validate
+from api.http import data_response, off_loop, read_json, requires, validate
 from api.metrics import METRICS
 from api.models import BulkContactsRequest, BulkUpsertRequest
 from listmill.errors import Conflict, NotFound, ValidationFailed
@@ -45,7 +45,7 @@ async def accept_job(request: web.Request, kind: JobKind, body: Any, **job: Any)
         project_id=auth_of(request).project_id,
         kind=kind,
         idempotency_key=key,
-        fingerprint=fingerprint(request.method, request.path, body),
+        fingerprint=await off_loop(request, fingerprint, request.method, request.path, body),
         **job,
     )
     app = request.app
@@ -74,7 +74,7 @@ async def bulk_contacts(request: web.Request) -> web.Response:
     """POST /contacts/bulk-subscribe | bulk-unsubscribe | bulk-delete."""
     kind = BULK_KINDS[request.match_info["operation"]]
     raw = await read_json(request)
-    body = validate(BulkContactsRequest, raw)
+    body = await off_loop(request, validate, BulkContactsRequest, raw)
     await _check_list(request, body.list_id, kind)
     identify_by = "contact_ids" if body.contact_ids is not None else "emails"
     given: list[Any] = body.contact_ids or body.emails or []
@@ -106,8 +106,8 @@ def _upsert_items(body: BulkUpsertRequest) -> list[dict[str, Any]]:
 async def bulk_upsert(request: web.Request) -> web.Response:
     """POST /contacts/bulk-upsert: 1 to 10,000 contacts merged by email."""
     raw = await read_json(request)
-    body = validate(BulkUpsertRequest, raw)
-    items = _upsert_items(body)
+    body = await off_loop(request, validate, BulkUpsertRequest, raw)
+    items = await off_loop(request, _upsert_items, body)
     duplicates = len(body.contacts) - len(items)
     return await accept_job(
         request,

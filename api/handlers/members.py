@@ -10,6 +10,7 @@ from api.context import POOL, SETTINGS, auth_of
 from api.handlers.bulk import accept_job
 from api.http import (
     data_response,
+    off_loop,
     page_response,
     parse_body,
     parse_query,
@@ -53,7 +54,7 @@ async def _list(request: web.Request) -> MailingList:
 async def add_members(request: web.Request) -> web.Response:
     """POST /lists/{id}/members -> 202 job."""
     raw = await read_json(request)
-    body = validate(AddMembersRequest, raw)
+    body = await off_loop(request, validate, AddMembersRequest, raw)
     mailing_list = await _list(request)
     if mailing_list.status is ListStatus.ARCHIVED:
         raise Conflict("the list is archived: it takes no new members")
@@ -79,7 +80,7 @@ async def add_members(request: web.Request) -> web.Response:
 async def remove_members(request: web.Request) -> web.Response:
     """DELETE /lists/{id}/members[?mode=unsubscribe] -> 202 job."""
     raw = await read_json(request)
-    body = validate(RemoveMembersRequest, raw)
+    body = await off_loop(request, validate, RemoveMembersRequest, raw)
     query = parse_query(request, RemoveMembersQuery)
     mailing_list = await _list(request)
     items = list(dict.fromkeys(body.contact_ids))
