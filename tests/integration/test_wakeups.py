@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from arq.connections import ArqRedis, RedisSettings
+from arq.cron import cron
 from arq.worker import func
 
 from listmill.jobs.queue import RUN_JOB, wake_worker
@@ -144,27 +146,59 @@ async def test_a_job_that_found_the_worker_full_starts_when_a_slot_frees(
     assert (await recorder.next_started())[0] == second
 
 
-async def test_a_worker_resubscribes_when_redis_drops_its_subscription(
-    settings: Settings, redis: ArqRedis
-) -> None:
-    def pubsub_clients(clients: list[dict[str, Any]]) -> set[str]:
-        return {c["id"] for c in clients}
+async def drop_subscription(redis: ArqRedis, channel: str) -> None:
+    """Kill the listener's connection (named after its channel), as a Redis restart would."""
+    name = f"listmill-wake:{channel}"
+    ours = [c["id"] for c in await redis.client_list(_type="pubsub") if c["name"] == name]
+    assert ours
+    for client_id in ours:
+        await redis.client_kill_filter(_id=client_id)
 
-    before = pubsub_clients(await redis.client_list(_type="pubsub"))
-    recorder = Recorder(settings)
-    task = asyncio.create_task(recorder.worker.async_run())
-    try:
-        await subscribed(redis, recorder.channel)
-        ours = pubsub_clients(await redis.client_list(_type="pubsub")) - before
-        assert ours
-        for client_id in ours:
-            await redis.client_kill_filter(_id=client_id)
-        await subscribed(redis, recorder.channel)  # again, on a new connection
-        assert not ours & pubsub_clients(await redis.client_list(_type="pubsub"))
-        job_id = await enqueue(redis, settings)
-        assert (await recorder.next_started())[0] == job_id
-    finally:
-        await stop([recorder.worker], [task])
+
+async def test_a_worker_resubscribes_when_redis_drops_its_subscription(
+    recorder: Recorder, redis: ArqRedis, settings: Settings
+) -> None:
+    await drop_subscription(redis, recorder.channel)
+    await subscribed(redis, recorder.channel)  # again, on a new connection
+    job_id = await enqueue(redis, settings)
+    assert (await recorder.next_started())[0] == job_id
+
+
+async def test_a_job_enqueued_while_the_subscription_was_down_starts_when_it_is_back(
+    recorder: Recorder, redis: ArqRedis, settings: Settings
+) -> None:
+    """Its announcement went to nobody: the worker looks once it has subscribed again."""
+    await drop_subscription(redis, recorder.channel)
+    job_id = str(uuid.uuid4())
+    await redis.enqueue_job(  # as wake_worker does, less the announcement
+        RUN_JOB, job_id, _job_id=f"{job_id}:1", _queue_name=settings.lane_queue(Lane.SMALL)
+    )
+    assert (await recorder.next_started())[0] == job_id
+
+
+async def test_a_full_worker_does_not_look_for_every_announcement(
+    recorder: Recorder, redis: ArqRedis, settings: Settings
+) -> None:
+    recorder.release.clear()
+    first = await enqueue(redis, settings)
+    assert (await recorder.next_started())[0] == first  # its only slot is taken
+    await asyncio.sleep(SETTLE)
+    looks = 0
+    look = recorder.worker._poll_iteration
+
+    async def counted() -> None:
+        nonlocal looks
+        looks += 1
+        await look()
+
+    recorder.worker._poll_iteration = counted  # type: ignore[method-assign]
+    for _ in range(100):
+        await redis.publish(recorder.channel, "nothing")
+    await asyncio.sleep(SETTLE)
+    assert looks == 0
+    second = await enqueue(redis, settings)
+    recorder.release.set()
+    assert (await recorder.next_started())[0] == second
 
 
 @pytest.fixture
@@ -196,3 +230,47 @@ async def test_a_posted_job_is_started_by_its_lanes_wake_up(
         job = await wait_for_job(api, body["data"]["id"], timeout=STARTED_WITHIN)
         assert job["status"] == "succeeded"
         assert job["counts"]["created"] == contacts
+
+
+async def test_a_worker_stops_when_cancelled_as_it_is_woken(recorder: Recorder) -> None:
+    """Stopping cancels the worker's loop; a wake-up in the same turn must not swallow that
+    (asyncio.wait_for in Python 3.11 did)."""
+    worker = recorder.worker
+    assert worker.main_task is not None
+    worker._woken.set()
+    await asyncio.sleep(0)  # the wait has its event, and resumes on the next turn
+    worker.main_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(worker.main_task), STARTED_WITHIN)
+    assert worker.main_task.cancelled()
+
+
+async def test_cron_runs_start_on_time_however_long_a_worker_waits(
+    settings: Settings, redis: ArqRedis
+) -> None:
+    """arq queues a cron run ahead of its time only within a window it sizes from its poll
+    delay; a LaneWorker's waits can be longer, and its window follows them."""
+    started: asyncio.Queue[float] = asyncio.Queue()
+
+    async def tick(ctx: dict[str, Any]) -> None:
+        await started.put(time.time())
+
+    worker = LaneWorker(
+        wake_channel=settings.lane_wake_channel(Lane.SMALL),
+        poll_delay=3.0,  # looks every 3 s when nothing happens
+        functions=[],
+        cron_jobs=[cron(tick, name="tick", second=set(range(0, 60, 2)), microsecond=100_000)],
+        queue_name=settings.lane_queue(Lane.SMALL),
+        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        handle_signals=False,
+        keep_result=0,
+    )
+    task = asyncio.create_task(worker.async_run())
+    try:
+        starts = [await asyncio.wait_for(started.get(), 10) for _ in range(4)]
+    finally:
+        await stop([worker], [task])
+    # the first run may be queued late, at the first look; every later one on its second
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts[1:])]
+    assert all(abs(gap - 2) < 0.5 for gap in gaps), gaps
+    assert all((start - 0.1) % 2 < 0.5 for start in starts[1:]), starts
