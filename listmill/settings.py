@@ -87,7 +87,7 @@ class Settings(BaseSettings):
         return f"{self.queue_prefix}:queue:{lane.value}"
 
     def lane_wake_channel(self, lane: Lane) -> str:
-        """The Redis channel that tells the workers of ``lane`` a job is due."""
+        """The Redis channel that tells the workers of ``lane`` a job was enqueued."""
         return f"{self.queue_prefix}:wake:{lane.value}"
 
     def is_operator_project(self, name: str) -> bool:

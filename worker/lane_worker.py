@@ -1,4 +1,4 @@
-"""An arq Worker that polls its queue as soon as a job is due, not only every poll delay.
+"""An arq Worker that looks at its queue as soon as a job is enqueued, not only every poll delay.
 
 arq has no blocking pop: a plain worker looks at its queue every poll delay, so a job waited
 half that delay on average before it started, and every look of an idle worker cost CPU.
