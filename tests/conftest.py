@@ -4,6 +4,7 @@ database built once from schema.sql, a fresh database and Redis key space per te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import uuid
@@ -25,8 +26,9 @@ from listmill.db import apply_schema, create_database
 from listmill.devservices import Services, ensure_services
 from listmill.queries.keys import ensure_project
 from listmill.services.keys import create_key
-from listmill.settings import Settings
+from listmill.settings import Lane, Settings
 from worker.context import WorkerContext
+from worker.lane_worker import LaneWorker
 from worker.reaper import reap
 from worker.settings import in_process_workers, make_context
 
@@ -245,6 +247,42 @@ def run_jobs(settings: Settings, worker_context: WorkerContext) -> RunJobs:
                 await worker.close()
 
     return run
+
+
+async def stop_workers(workers: list[LaneWorker], tasks: list[asyncio.Task[None]]) -> None:
+    """As the service stops its workers: a job still running is cancelled."""
+    for worker in workers:
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker.close()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def subscribed(redis: ArqRedis, channel: str) -> None:
+    """Wait until a client listens on ``channel``: a worker that listens has had its first
+    look at the queue and is waiting."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while dict(await redis.pubsub_numsub(channel)).get(channel.encode(), 0) < 1:
+        assert loop.time() < deadline, f"nobody subscribed to {channel}"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def workers(settings: Settings, worker_context: WorkerContext) -> AsyncIterator[None]:
+    """The service's own workers, for every lane, running (and listening for wake-ups) in the
+    background for the whole test."""
+    running = in_process_workers(settings, worker_context)
+    tasks = [asyncio.create_task(worker.async_run()) for worker in running]
+    redis: ArqRedis = ArqRedis.from_url(settings.redis_url)
+    try:
+        for lane in Lane:
+            await subscribed(redis, settings.lane_wake_channel(lane))
+    finally:
+        await redis.aclose()
+    yield
+    await stop_workers(running, tasks)
 
 
 async def wait_for_job(api: Api, job_id: str, timeout: float = 30) -> dict[str, Any]:

@@ -27,8 +27,6 @@ from listmill.records import Job, JobStatus
 from listmill.settings import Settings
 from tests.conftest import Api, wait_for_job
 from tests.integration.test_jobs import FAIL_ONCE
-from worker.context import WorkerContext
-from worker.settings import in_process_workers
 
 CSV = b"Email Address,First Name\nann@example.com,Ann\nnot-an-email,X\nbob@example.com,Bob\n"
 
@@ -79,19 +77,6 @@ async def serve(settings: Settings) -> AsyncIterator[Serve]:
     yield start
     for runner in runners:
         await runner.cleanup()
-
-
-@pytest.fixture
-async def workers(settings: Settings, worker_context: WorkerContext) -> AsyncIterator[None]:
-    """In-process arq workers for every lane, running in the background for the whole test."""
-    running = in_process_workers(settings, worker_context)
-    tasks = [asyncio.create_task(worker.async_run()) for worker in running]
-    yield
-    for worker in running:
-        await worker.close()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def cli(*argv: str) -> int:

@@ -19,15 +19,11 @@ from arq.worker import func
 
 from listmill.jobs.queue import RUN_JOB, wake_worker
 from listmill.settings import Lane, Settings
-from tests.conftest import Api, make_settings, wait_for_job
-from worker.context import WorkerContext
+from tests.conftest import Api, make_settings, stop_workers, subscribed, wait_for_job
 from worker.lane_worker import LaneWorker
-from worker.settings import in_process_workers
 
 POLL_DELAY = 60.0  # far longer than any wait below
 STARTED_WITHIN = 10.0  # a job that starts later than this was not woken
-
-
 SETTLE = 0.3  # for the looks a worker takes on its own (on subscribing, at a job's end)
 
 
@@ -47,21 +43,11 @@ async def redis(settings: Settings) -> AsyncIterator[ArqRedis]:
     await client.aclose()
 
 
-async def subscribed(redis: ArqRedis, channel: str, count: int = 1) -> None:
-    """Wait until ``count`` clients listen on ``channel``: a worker that listens has had its
-    first look at the queue and is waiting."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + STARTED_WITHIN
-    while dict(await redis.pubsub_numsub(channel)).get(channel.encode(), 0) < count:
-        assert loop.time() < deadline, f"nobody subscribed to {channel}"
-        await asyncio.sleep(0.01)
-
-
 class Recorder:
     """A LaneWorker whose run_job notes the job id and when it started, then waits for
     ``release`` (set from the start unless a test holds jobs running)."""
 
-    def __init__(self, settings: Settings, *, max_jobs: int = 4) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.started: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
         self.release = asyncio.Event()
         self.release.set()
@@ -73,7 +59,7 @@ class Recorder:
             queue_name=settings.lane_queue(Lane.SMALL),
             redis_settings=RedisSettings.from_dsn(settings.redis_url),
             handle_signals=False,
-            max_jobs=max_jobs,
+            max_jobs=1,  # one slot: a test that holds a job running makes the worker full
             keep_result=0,
         )
 
@@ -85,24 +71,14 @@ class Recorder:
         return await asyncio.wait_for(self.started.get(), STARTED_WITHIN)
 
 
-async def stop(workers: list[LaneWorker], tasks: list[asyncio.Task[None]]) -> None:
-    """As the service stops its workers: a job still running is cancelled."""
-    for worker in workers:
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker.close()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
 @pytest.fixture
 async def recorder(settings: Settings, redis: ArqRedis) -> AsyncIterator[Recorder]:
-    recorder = Recorder(settings, max_jobs=1)
+    recorder = Recorder(settings)
     task = asyncio.create_task(recorder.worker.async_run())
     await subscribed(redis, recorder.channel)
     yield recorder
     recorder.release.set()
-    await stop([recorder.worker], [task])
+    await stop_workers([recorder.worker], [task])
 
 
 async def enqueue(redis: ArqRedis, settings: Settings, delay: float = 0) -> str:
@@ -201,19 +177,6 @@ async def test_a_full_worker_does_not_look_for_every_announcement(
     assert (await recorder.next_started())[0] == second
 
 
-@pytest.fixture
-async def workers(
-    settings: Settings, worker_context: WorkerContext, redis: ArqRedis
-) -> AsyncIterator[None]:
-    """The service's own workers, for every lane, listening."""
-    running = in_process_workers(settings, worker_context)
-    tasks = [asyncio.create_task(worker.async_run()) for worker in running]
-    for lane in Lane:
-        await subscribed(redis, settings.lane_wake_channel(lane))
-    yield
-    await stop(running, tasks)
-
-
 @pytest.mark.parametrize(
     ("contacts", "lane"), [(10, Lane.SMALL), (2_001, Lane.LARGE)], ids=["small", "large"]
 )
@@ -269,7 +232,7 @@ async def test_cron_runs_start_on_time_however_long_a_worker_waits(
     try:
         starts = [await asyncio.wait_for(started.get(), 10) for _ in range(4)]
     finally:
-        await stop([worker], [task])
+        await stop_workers([worker], [task])
     # the first run may be queued late, at the first look; every later one on its second
     gaps = [later - earlier for earlier, later in itertools.pairwise(starts[1:])]
     assert all(abs(gap - 2) < 0.5 for gap in gaps), gaps
