@@ -99,14 +99,18 @@ class LaneWorker(Worker):
         client = Redis(connection_pool=ConnectionPool(pool.connection_class, **kwargs))
         try:
             while True:
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                # every message wakes the worker, Redis' confirmation of the subscription too:
+                # from then on nothing announced is missed, and whatever was announced before
+                # is found by the look it causes
+                pubsub = client.pubsub()
                 try:
                     await pubsub.subscribe(channel)
-                    self._woken.set()  # whatever was published while not subscribed
                     async for _ in pubsub.listen():
                         self._woken.set()
                 except (OSError, redis_errors.RedisError) as exc:
                     log.warning("wake_channel_lost", channel=channel, error=repr(exc))
+                except Exception:  # the worker still polls; the listener must not die quietly
+                    log.exception("wake_listener_failed", channel=channel)
                 finally:
                     with contextlib.suppress(OSError, redis_errors.RedisError):
                         await pubsub.aclose()  # type: ignore[no-untyped-call]

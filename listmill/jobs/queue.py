@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from uuid import UUID
 
+import structlog
 from arq.connections import ArqRedis
+from redis import exceptions as redis_errors
 
 from listmill.settings import Lane, Settings
 
 RUN_JOB = "run_job"
+
+log = structlog.get_logger(__name__)
 
 
 async def wake_worker(
@@ -25,7 +29,9 @@ async def wake_worker(
     duplicate, while two wake-ups for the same attempt collapse into one. The job is also
     announced on its lane's channel: the lane's workers look at their queue at once rather
     than at their next poll, and start it, or, if it is deferred, time their next look for
-    when it falls due (worker.lane_worker).
+    when it falls due (worker.lane_worker). The announcement is a shortcut: if it is lost,
+    the job is queued all the same and found at the workers' next poll (WORKER_POLL_DELAY),
+    so a failure to publish is logged, not raised.
     """
     await redis.enqueue_job(
         RUN_JOB,
@@ -34,4 +40,7 @@ async def wake_worker(
         _queue_name=settings.lane_queue(Lane(lane)),
         _defer_by=delay or None,
     )
-    await redis.publish(settings.lane_wake_channel(Lane(lane)), str(job_id))
+    try:
+        await redis.publish(settings.lane_wake_channel(Lane(lane)), str(job_id))
+    except (OSError, redis_errors.RedisError) as exc:
+        log.warning("wake_announcement_lost", job_id=str(job_id), lane=lane, error=repr(exc))

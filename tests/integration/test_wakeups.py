@@ -16,6 +16,9 @@ import pytest
 from arq.connections import ArqRedis, RedisSettings
 from arq.cron import cron
 from arq.worker import func
+from redis import exceptions as redis_errors
+from redis.asyncio.client import PubSub
+from structlog.testing import capture_logs
 
 from listmill.jobs.queue import RUN_JOB, wake_worker
 from listmill.settings import Lane, Settings
@@ -150,6 +153,47 @@ async def test_a_job_enqueued_while_the_subscription_was_down_starts_when_it_is_
         RUN_JOB, job_id, _job_id=f"{job_id}:1", _queue_name=settings.lane_queue(Lane.SMALL)
     )
     assert (await recorder.next_started())[0] == job_id
+
+
+async def test_a_listener_that_fails_otherwise_logs_it_and_subscribes_again(
+    recorder: Recorder, redis: ArqRedis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error that is not Redis' (a bug, a message it cannot read) is logged, and the
+    listener subscribes again rather than dying and leaving the worker to its polls."""
+    listen, failures = PubSub.listen, []
+
+    def listen_once_failing(pubsub: PubSub) -> AsyncIterator[Any]:
+        if not failures:
+            failures.append(pubsub)
+            raise RuntimeError("not Redis' fault")
+        return listen(pubsub)
+
+    monkeypatch.setattr(PubSub, "listen", listen_once_failing)
+    with capture_logs() as logs:
+        await drop_subscription(redis, recorder.channel)  # it subscribes again, and fails
+        await asyncio.sleep(3 * SETTLE)
+        await subscribed(redis, recorder.channel)  # and again, and listens
+        job_id = await enqueue(redis, settings)
+        assert (await recorder.next_started())[0] == job_id
+    assert failures
+    assert "wake_listener_failed" in [entry["event"] for entry in logs]
+
+
+async def test_a_job_whose_announcement_fails_is_queued_all_the_same(
+    redis: ArqRedis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The announcement is a shortcut: its failure is logged, and the job, already queued,
+    is found at the workers' next poll."""
+
+    async def publish(channel: str, message: str) -> int:
+        raise redis_errors.ConnectionError("Redis went away between the two commands")
+
+    monkeypatch.setattr(redis, "publish", publish)
+    with capture_logs() as logs:
+        job_id = await enqueue(redis, settings)
+    assert await redis.zscore(settings.lane_queue(Lane.SMALL), f"{job_id}:1") is not None
+    lost = [entry for entry in logs if entry["event"] == "wake_announcement_lost"]
+    assert [entry["job_id"] for entry in lost] == [job_id]
 
 
 async def test_a_full_worker_does_not_look_for_every_announcement(
