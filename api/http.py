@@ -65,8 +65,12 @@ async def off_loop(
     """``work(*args, **kwargs)``, in a thread when the request's body is large. Parsing and
     validating 10,000 contacts holds the CPU for 150-300 ms; on the event loop that would hold
     every other request of the process as long, where in a thread the loop gets the GIL back
-    every 5 ms (Python's switch interval)."""
-    if (request.content_length or 0) < OFF_LOOP_BYTES:
+    every 5 ms (Python's switch interval). A chunked body has no Content-Length: its size is
+    that of the body read (aiohttp keeps it; every caller has read it)."""
+    size = request.content_length
+    if size is None and request.body_exists:
+        size = len(await request.read())
+    if (size or 0) < OFF_LOOP_BYTES:
         return work(*args, **kwargs)
     return await asyncio.to_thread(work, *args, **kwargs)
 

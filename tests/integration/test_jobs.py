@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -13,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from arq.connections import ArqRedis
 
+from api import http
 from api.app import create_app
 from api.context import POOL
 from api.http import OFF_LOOP_BYTES
@@ -458,3 +461,36 @@ async def test_a_large_body_is_read_in_a_thread_with_the_same_answers(
     )
     assert response.status == 400
     assert (await response.json())["error"]["code"] == "bad_request"
+
+
+@pytest.mark.parametrize(
+    ("rows", "in_thread"), [(10, False), (2_000, True)], ids=["small", "large"]
+)
+async def test_a_chunked_body_is_read_in_a_thread_by_its_size(
+    api: Api, client: TestClient, monkeypatch: pytest.MonkeyPatch, rows: int, in_thread: bool
+) -> None:
+    """A chunked body has no Content-Length: it goes to a thread by the size of what was read."""
+    threads: list[threading.Thread] = []
+    parse = http._parse_json
+
+    def noted(raw: bytes) -> Any:
+        threads.append(threading.current_thread())
+        return parse(raw)
+
+    monkeypatch.setattr(http, "_parse_json", noted)
+    contacts = [{"email": f"user{i}@example.com", "first_name": "x" * 40} for i in range(rows)]
+    text = json.dumps({"contacts": contacts}).encode()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(text), 16 * 1024):
+            yield text[start : start + 16 * 1024]
+
+    response = await client.post(
+        "/api/v1/contacts/bulk-upsert",
+        data=chunks(),
+        headers={"Authorization": f"Bearer {api.key}", "Content-Type": "application/json"},
+    )
+    assert response.status == 202, await response.text()
+    assert response.request_info.headers.get("Transfer-Encoding") == "chunked"
+    assert len(threads) == 1
+    assert (threads[0] is not threading.main_thread()) == in_thread
