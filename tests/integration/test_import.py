@@ -591,11 +591,11 @@ async def test_mirror_keeps_members_whose_row_is_invalid_for_another_reason_than
     list_id = made["data"]["id"]
     first = b"email\n" + b"".join(b"m%d@example.com\n" % i for i in range(5))
     await run_import(api, run_jobs, first, list_id=list_id)
-    # an Excel export in Latin-1, an over-long field, a quote never closed: the row is an
-    # error row, but its person is in the file and stays a member
+    # an Excel export in Latin-1, an over-long field, a NUL byte: the row is an error row,
+    # but its person is in the file and stays a member (a quote never closed: see below)
     second = (
         b"email,first_name\nm0@example.com,Jos\xe9\nm1@example.com," + b"x" * 300 + b"\n"
-        b'm2@example.com,Ann\nM2@example.com,Jos\xe9\nnot-an-email,X\nm4@example.com,"Di\n'
+        b"m2@example.com,Ann\nM2@example.com,Jos\xe9\nnot-an-email,X\nm4@example.com,D\x00i\n"
     )
     for dry_run in (True, False):
         job = await run_import(
@@ -615,8 +615,9 @@ async def test_mirror_keeps_members_whose_row_is_invalid_for_another_reason_than
 async def test_a_mirror_import_of_a_broken_file_unsubscribes_nobody(
     api: Api, run_jobs: RunJobs, db: asyncpg.Connection
 ) -> None:
-    """A quote never closed that takes in the file's later lines (who else is in the file is
-    not known), or a file in which no row names a valid email: no member is unsubscribed."""
+    """A file that ends inside a quoted field (cut short inside it, maybe, or the quote took
+    in the file's later lines: who else is in the file is not known), or a file in which no
+    row names a valid email: no member is unsubscribed."""
     _, made = await api.post("/lists", {"name": "Mirror"})
     list_id = made["data"]["id"]
     members = b"email\n" + b"".join(b"u%d@example.com\n" % i for i in range(10))
@@ -624,7 +625,11 @@ async def test_a_mirror_import_of_a_broken_file_unsubscribes_nobody(
     swallowed = b'email,first_name\nu0@example.com,A\nu2@example.com,"U2\nu3@example.com,B\n'
     latin1 = swallowed.replace(b"B\n", b"Jos\xe9\nu4@example.com,B\n")  # not UTF-8 in it too
     no_email = b"email,first_name\nnot-an-email,A\n,B\n"
-    for broken in (swallowed, latin1, no_email):
+    # cut short inside the last row's quoted field, with its line end or not, or inside the
+    # email's own quotes
+    cut = [b'email,first_name\nu0@example.com,"A', b'email,first_name\nu0@example.com,"A\n']
+    cut.append(b'email\nu0@example.com\n"u1@example.com')
+    for broken in (swallowed, latin1, no_email, *cut):
         for dry_run in (True, False):
             job = await run_import(
                 api, run_jobs, broken, list_id=list_id, mode="mirror", dry_run=dry_run
@@ -632,9 +637,9 @@ async def test_a_mirror_import_of_a_broken_file_unsubscribes_nobody(
             assert job["status"] == "succeeded" and "unsubscribed" not in job["counts"], job
     subscribed = "SELECT count(*) FROM list_memberships WHERE status = 'subscribed'"
     assert await db.fetchval(subscribed) == 10
-    # a quote never closed on the file's last line takes in nothing: the others go
-    last = b'email,first_name\nu0@example.com,A\nu1@example.com,"B\n'
-    job = await run_import(api, run_jobs, last, list_id=list_id, mode="mirror")
+    # the same file whole: the others go
+    whole = b'email,first_name\nu0@example.com,A\nu1@example.com,"B"\n'
+    job = await run_import(api, run_jobs, whole, list_id=list_id, mode="mirror")
     assert job["counts"]["unsubscribed"] == 8, job
     assert await db.fetchval(subscribed) == 2
 

@@ -175,15 +175,6 @@ def _fast_records(job: JobRow, contacts: Contacts, hashes: list[int] | None = No
     return [(job.id, *row, *tail) for row, tail in zip(contacts.rows(), tails, strict=True)]
 
 
-def _swallows_lines(row: ParsedRow) -> bool:
-    """Whether the row's quote is never closed and the rest of the file is in it, lines of it
-    (the file's last rows, maybe, or a file cut short): no member may be told apart then.
-    (Whatever else is wrong with the row: bytes that are not UTF-8 in those lines, say.)"""
-    if not row.unterminated:
-        return False
-    return any("\n" in value.rstrip("\r\n") or "\r" in value.rstrip("\r\n") for value in row.values)
-
-
 def _present(job: JobRow, position: int, error: RowError) -> Record:
     """An error row whose email is valid, staged for a mirror import only: its person is in
     the file and stays a member, and nothing else is applied (staged as a duplicate)."""
@@ -210,7 +201,7 @@ class _Batch:
     # once its unique rows are merged (_merge_unique): those to join, and whether all were new
     merged: list[tuple[str, int, str]] | None = None
     none_existed: bool = True
-    cut_short: bool = False  # its last row's quote never closed took in the lines after it
+    cut_short: bool = False  # its last row opens a quote never closed: the file ends in it
 
 
 class _ParsingEnded(Exception):
@@ -310,7 +301,10 @@ class _Parser:
         parsed = contact_from_row(header, row)
         if isinstance(parsed, RowError):
             self._error(batch.outcome, parsed)
-            batch.cut_short = batch.cut_short or _swallows_lines(row)
+            # a quote never closed runs to the end of the file: an export cut short inside a
+            # field, maybe, and who was after the cut is not known (whatever else is wrong with
+            # the row: bytes that are not UTF-8 in it, say)
+            batch.cut_short = batch.cut_short or row.unterminated
             if self.job.params["mode"] == "mirror" and parsed.email_normalized:
                 batch.held.append(_present(self.job, position, parsed))
         else:
@@ -543,8 +537,8 @@ async def _apply_batch(
         await _join(conn, job, held, outcome)
     list_id = job.params.get("list_id")
     last = batch.upto == job.total
-    # a file whose end a quote never closed took in (rows, or a file cut short: who is in it is
-    # not known) unsubscribes nobody
+    # a file that ends inside a quoted field (cut short, maybe: who was after the cut is not
+    # known) unsubscribes nobody
     if job.params["mode"] == "mirror" and list_id is not None and last and not batch.cut_short:
         outcome.counts["unsubscribed"] += await queries.mirror_unsubscribe(
             conn, job.project_id, list_id, job.id
