@@ -83,17 +83,28 @@ async def execute_planned(conn: Connection, query: str, *args: Any) -> str:
     return status
 
 
+async def _keep_session(conn: Connection) -> None:
+    """What the pool does to a connection given back, beyond asyncpg's rolling back of a
+    transaction left open: nothing. asyncpg's default is a query (advisory unlocks, CLOSE ALL,
+    UNLISTEN, RESET ALL): one more round trip for every use of a connection, and a bulk job
+    makes three, each waiting for a core while an import keeps both busy. listmill leaves no
+    session state on a pooled connection: settings are SET LOCAL, the import's temporary
+    table is ON COMMIT DROP, advisory locks are taken on connections of their own (migrate),
+    and so is LISTEN (api.events). tests/unit/test_sql_session.py holds the code to that."""
+
+
 async def create_pool(settings: Settings, *, synchronous_commit: bool = True) -> Pool:
     """A pool whose connections decode json/jsonb to Python values. With
     ``synchronous_commit=False`` a commit returns before its WAL is on disk (for the workers:
-    see worker.settings.make_context); it is a startup parameter, so the pool's RESET ALL
-    between uses keeps it."""
+    see worker.settings.make_context); it is a startup parameter, so it holds for every use
+    of a connection."""
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         statement_cache_size=settings.db_statement_cache_size,
         init=_init_connection,
+        reset=_keep_session,
         server_settings=None if synchronous_commit else {"synchronous_commit": "off"},
     )
     assert pool is not None

@@ -422,7 +422,7 @@ async def test_workers_commit_without_waiting_for_the_disk_and_the_web_waits(
 ) -> None:
     """What the web accepts is on disk before its 202; a worker's writes can all be written
     again from that, so they do not wait for the WAL flush (worker.settings.make_context)."""
-    for _ in range(2):  # the pool's RESET ALL between two uses keeps it
+    for _ in range(2):  # a startup parameter: every use of a connection has it
         async with worker_context["pool"].acquire() as conn:
             assert await conn.fetchval("SHOW synchronous_commit") == "off"
     async with client.app[POOL].acquire() as conn:
@@ -433,6 +433,22 @@ async def test_workers_commit_without_waiting_for_the_disk_and_the_web_waits(
             assert await conn.fetchval("SHOW synchronous_commit") == "on"
     finally:
         await durable["pool"].close()
+
+
+async def test_a_connection_given_back_is_as_a_new_one(worker_context: WorkerContext) -> None:
+    """The pool sends no reset query (listmill.db._keep_session): a transaction left open is
+    still rolled back, and the next use sees nothing of it."""
+    pool = worker_context["pool"]
+    async with pool.acquire() as conn:
+        await conn.execute("BEGIN")
+        await conn.execute("SET LOCAL statement_timeout = 1234")
+        await conn.execute("CREATE TEMPORARY TABLE left_open (a int) ON COMMIT DROP")
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT pg_backend_pid()") == backend  # the same one
+        assert not conn.is_in_transaction()
+        assert await conn.fetchval("SHOW statement_timeout") == "0"
+        assert await conn.fetchval("SELECT to_regclass('pg_temp.left_open')") is None
 
 
 async def test_a_large_body_is_read_in_a_thread_with_the_same_answers(
