@@ -79,16 +79,19 @@ class Header:
         object.__setattr__(self, "used", tuple(used))
 
 
-def read_header(first_bytes: bytes) -> Header:
+def read_header(first_bytes: bytes, *, more: bool = False) -> Header:
     """Check the header row before a file is accepted; raises HeaderError saying what is wrong.
     The header row is the file's first record as csv reads it: a quoted column name may hold a
-    line end (a cell of Excel's with Alt+Enter), and then the record goes on past it."""
+    line end (a cell of Excel's with Alt+Enter), and then the record goes on past it. With
+    ``more`` (the file goes on after these bytes) the header row must end within them."""
     if not first_bytes.removeprefix(codecs.BOM_UTF8).strip():
         raise HeaderError("the file is empty")
     if first_bytes.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise HeaderError("the file is UTF-16: save it as CSV UTF-8 and upload it again")
     text = first_bytes.removeprefix(codecs.BOM_UTF8).decode("utf-8", "surrogateescape")
     delimiter, record = _header_record(text)
+    if more and len(record) == len(text):  # no line end after it: it may go on
+        raise HeaderError(f"the header row does not end in the first {len(first_bytes):,} bytes")
     # binary (or UTF-16 without its mark) has NULs in its first line or all over (1% of its
     # first 4 KB); a NUL in a value of a row is that row's problem (an error row), not the file's
     if "\x00" in record or first_bytes[:4096].count(b"\x00") > 40:
@@ -97,6 +100,12 @@ def read_header(first_bytes: bytes) -> Header:
         raise HeaderError("the header row is not UTF-8: save the file as CSV UTF-8")
     columns = _columns(record, delimiter)
     mapping = [_alias(column) for column in columns]
+    _check_columns(columns, mapping)
+    return Header(delimiter, columns, mapping)
+
+
+def _check_columns(columns: list[str], mapping: list[str | None]) -> None:
+    """Raise HeaderError if the header row's columns cannot be imported."""
     if "email" not in mapping:
         raise HeaderError(
             "no email column in the header row (expected a column named email or Email Address)"
@@ -110,7 +119,6 @@ def read_header(first_bytes: bytes) -> Header:
             raise HeaderError(f"the header row names the column {name} twice")
     if len(custom) > MAX_DATA_KEYS:  # as many as a contact's data may have through the API
         raise HeaderError(f"the header row has more than {MAX_DATA_KEYS} custom columns")
-    return Header(delimiter, columns, mapping)
 
 
 def _columns(record: str, delimiter: str) -> list[str]:

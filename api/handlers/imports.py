@@ -70,10 +70,12 @@ async def _store_file(
             if size > settings.max_upload_bytes:
                 raise PayloadTooLarge(f"the file is larger than {settings.max_upload_bytes} bytes")
             digest.update(chunk)
-            await _store_chunk(conn, job_id, seq, transcoder.feed(chunk))
+            # only the last chunk is shorter than a whole one
+            more = len(chunk) == settings.upload_chunk_bytes
+            await _store_chunk(conn, job_id, seq, transcoder.feed(chunk), more)
             seq += 1
         if rest := transcoder.finish():
-            await _store_chunk(conn, job_id, seq, rest)
+            await _store_chunk(conn, job_id, seq, rest, more=False)
             seq += 1
     except UnknownCharset as exc:
         raise UnsupportedMediaType(f"{exc}: send the CSV as UTF-8") from None
@@ -84,16 +86,19 @@ async def _store_file(
     return digest.hexdigest()
 
 
-async def _store_chunk(conn: Connection, job_id: uuid.UUID, seq: int, chunk: bytes) -> None:
-    """Store a chunk of the file; the first one's header row is checked first."""
+async def _store_chunk(
+    conn: Connection, job_id: uuid.UUID, seq: int, chunk: bytes, more: bool
+) -> None:
+    """Store a chunk of the file; the first one's header row is checked first, and must end
+    within it if ``more`` of the file may follow."""
     if seq == 0:
-        _check_header(chunk)
+        _check_header(chunk, more)
     await queries.insert_chunk(conn, job_id, seq, chunk)
 
 
-def _check_header(first_chunk: bytes) -> None:
+def _check_header(first_chunk: bytes, more: bool) -> None:
     try:
-        read_header(first_chunk)
+        read_header(first_chunk, more=more)
     except HeaderError as exc:
         raise ValidationFailed.on("file", str(exc), "csv_header") from None
 

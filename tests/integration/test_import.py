@@ -312,6 +312,43 @@ async def test_too_large_is_413_and_nothing_stays(
     assert await db.fetchval("SELECT count(*) FROM jobs") == 0
 
 
+async def test_a_header_row_longer_than_the_first_chunk_is_refused(
+    api: Api,
+    db: asyncpg.Connection,
+    run_jobs: RunJobs,
+    aiohttp_client: Any,
+    database_url: str,
+    redis_url: str,
+) -> None:
+    """Only the first chunk's header row is read (by the web and the job): one that goes on
+    past it would lose its last columns, so it is a 422. A file shorter than a chunk may end
+    in its header row."""
+    from api.app import create_app
+    from tests.conftest import Api as Client
+    from tests.conftest import make_settings
+
+    small = make_settings(database_url, redis_url, upload_chunk_bytes=256)
+    client = Client(await aiohttp_client(create_app(small)), api.key, api.project_id)
+    columns = [f"column_{i:03d}" for i in range(30)]  # 329 bytes with the email's
+    long_header = ",".join(["email", *columns]).encode()
+    status, body = await upload(client, long_header + b"\na@example.com" + b",x" * 30 + b"\n")
+    assert status == 422, body
+    assert body["error"]["details"][0]["message"] == (
+        "the header row does not end in the first 256 bytes"
+    )
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 0
+    # as long a header in a chunk of the default size, and one that is a whole short file
+    job = await run_import(api, run_jobs, long_header + b"\na@example.com" + b",x" * 30 + b"\n")
+    assert job["counts"] == {"created": 1}
+    assert (
+        await db.fetchval("SELECT count(*) FROM jsonb_object_keys((SELECT data FROM contacts))")
+        == 30
+    )
+    for whole in (b"email,first_name", b"email," + b"x" * 240):  # no line end: under 256 bytes
+        status, body = await upload(client, whole)
+        assert status == 202, body
+
+
 async def test_modes_upsert_fill_blanks_and_unchanged(
     api: Api, run_jobs: RunJobs, db: asyncpg.Connection
 ) -> None:
