@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from aiohttp import web
@@ -25,9 +25,28 @@ BULK_KINDS = {
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
-def _dedupe(items: list[Hashable]) -> list[Any]:
-    """Unique items, first occurrence kept, order kept."""
-    return list(dict.fromkeys(items))
+def first_occurrences(
+    items: list[Any], key: Callable[[Any], Hashable] = lambda item: item
+) -> list[Any]:
+    """The items with each repeat (of an earlier item's key) replaced by None, in place: the
+    worker counts a None as a duplicate, and every other item keeps its position in the
+    request, which its error row names."""
+    seen: set[Hashable] = set()
+    kept: list[Any] = []
+    for item in items:
+        k = key(item)
+        kept.append(None if k in seen else item)
+        seen.add(k)
+    return kept
+
+
+def email_key(email: str) -> str:
+    """Whom an email names: two that differ only in case or surrounding space name one
+    contact; an invalid one is its own (it gets its error row)."""
+    try:
+        return normalize_email(email)[1]
+    except ValueError:
+        return email
 
 
 def idempotency_key(request: web.Request) -> str | None:
@@ -78,11 +97,10 @@ async def bulk_contacts(request: web.Request) -> web.Response:
     await _check_list(request, body.list_id, kind)
     identify_by = "contact_ids" if body.contact_ids is not None else "emails"
     given: list[Any] = body.contact_ids or body.emails or []
-    items = _dedupe(given)
+    items = first_occurrences(given) if body.contact_ids else first_occurrences(given, email_key)
     params = body.model_dump(exclude={"contact_ids", "emails"}) | {"identify_by": identify_by}
-    counts = {"duplicate": len(given) - len(items)} if len(given) > len(items) else {}
     return await accept_job(
-        request, kind, raw, params=params, payload=items, total=len(items), counts=counts
+        request, kind, raw, params=params, payload=items, total=len(items), counts={}
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from api.context import POOL, SETTINGS, auth_of
-from api.handlers.bulk import accept_job
+from api.handlers.bulk import accept_job, first_occurrences
 from api.http import (
     data_response,
     off_loop,
@@ -83,9 +83,8 @@ async def remove_members(request: web.Request) -> web.Response:
     body = await off_loop(request, validate, RemoveMembersRequest, raw)
     query = parse_query(request, RemoveMembersQuery)
     mailing_list = await _list(request)
-    items = list(dict.fromkeys(body.contact_ids))
+    items = first_occurrences(body.contact_ids)
     params = {"list_id": mailing_list.id, "mode": query.mode, "identify_by": "contact_ids"}
-    duplicates = len(body.contact_ids) - len(items)
     return await accept_job(
         request,
         JobKind.REMOVE_MEMBERS,
@@ -93,7 +92,7 @@ async def remove_members(request: web.Request) -> web.Response:
         params=params,
         payload=items,
         total=len(items),
-        counts={"duplicate": duplicates} if duplicates else {},
+        counts={},
     )
 
 

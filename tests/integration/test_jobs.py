@@ -131,6 +131,40 @@ async def test_other_projects_ids_are_not_found_and_untouched(
     assert (await other_api.post(f"/jobs/{job['id']}/cancel"))[0] == 404
 
 
+async def test_bulk_repeats_are_duplicates_and_every_row_keeps_its_position(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    """The repeats of an email (any case, surrounding space) or of an id are counted
+    duplicate, and an error row names its item's position in the request, repeats or not."""
+    await api.post("/contacts", {"email": "a@example.com"})
+    _, b = await api.post("/contacts", {"email": "b@example.com"})
+    emails = ["A@example.com", "a@example.com", " a@EXAMPLE.com ", "b@example.com", "nope"]
+    _, answer = await api.post("/contacts/bulk-unsubscribe", {"emails": emails})
+    await run_jobs()
+    job = await wait_for_job(api, answer["data"]["id"])
+    assert job["counts"] == {"unsubscribed": 2, "duplicate": 2, "invalid": 1}
+    assert job["progress"]["processed"] == job["progress"]["total"] == 5
+    _, errors = await api.get(f"/jobs/{job['id']}/errors")
+    assert [(e["row_number"], e["code"]) for e in errors["data"]] == [(5, "invalid_email")]
+    ids = [b["data"]["id"], b["data"]["id"], 123456789]
+    _, answer = await api.post("/contacts/bulk-subscribe", {"contact_ids": ids})
+    await run_jobs()
+    job = await wait_for_job(api, answer["data"]["id"])
+    assert job["counts"] == {"subscribed": 1, "duplicate": 1, "not_found": 1}
+    _, errors = await api.get(f"/jobs/{job['id']}/errors")
+    assert [(e["row_number"], e["code"]) for e in errors["data"]] == [(3, "not_found")]
+    # a job stored by a release whose web kept two emails of one contact
+    _, answer = await api.post("/contacts/bulk-unsubscribe", {"emails": ["b@example.com"]})
+    await db.execute(
+        "UPDATE jobs SET payload = $2::jsonb, total = 3 WHERE id = $1",
+        uuid.UUID(answer["data"]["id"]),
+        json.dumps(["b@example.com", "B@example.com", "a@example.com"]),
+    )
+    await run_jobs()
+    job = await wait_for_job(api, answer["data"]["id"])
+    assert job["counts"] == {"unsubscribed": 1, "unchanged": 1, "duplicate": 1}
+
+
 async def test_bulk_operations_on_list_memberships(
     api: Api, run_jobs: RunJobs, db: asyncpg.Connection
 ) -> None:

@@ -24,24 +24,50 @@ async def _resolve(
     conn: Connection, job: JobRow, items: list[Any], first: int, outcome: BatchOutcome
 ) -> Found:
     """The project's contacts among these items, with the row that named each and its
-    marketing status; the rest are error rows (counted by _count_errors)."""
+    marketing status; the rest are error rows (counted by _count_errors). A None is a repeat
+    of an earlier item (api.handlers.bulk.first_occurrences): a duplicate."""
+    outcome.counts["duplicate"] += sum(1 for item in items if item is None)
     if job.params["identify_by"] == "contact_ids":
-        by_id = await contact_queries.find_by_ids(conn, job.project_id, items)
-        found: Found = {}
-        for offset, contact_id in enumerate(items):
-            if contact_id in by_id:
-                found[contact_id] = (first + offset, None, by_id[contact_id])
-            else:
-                outcome.error(first + offset, None, "not_found", f"{NOT_FOUND}: {contact_id}")
-        return found
+        return await _resolve_ids(conn, job, items, first, outcome)
+    return await _resolve_emails(conn, job, items, first, outcome)
+
+
+async def _resolve_ids(
+    conn: Connection, job: JobRow, items: list[int | None], first: int, outcome: BatchOutcome
+) -> Found:
+    ids = [item for item in items if item is not None]
+    by_id = await contact_queries.find_by_ids(conn, job.project_id, ids)
+    found: Found = {}
+    for offset, contact_id in enumerate(items):
+        if contact_id is None:
+            continue
+        if contact_id in by_id:
+            found[contact_id] = (first + offset, None, by_id[contact_id])
+        else:
+            outcome.error(first + offset, None, "not_found", f"{NOT_FOUND}: {contact_id}")
+    return found
+
+
+async def _resolve_emails(
+    conn: Connection, job: JobRow, items: list[str | None], first: int, outcome: BatchOutcome
+) -> Found:
     normalized: dict[int, str] = {}
+    seen: set[str] = set()
     for offset, raw in enumerate(items):
+        if raw is None:
+            continue
         try:
-            normalized[offset] = normalize_email(raw)[1]
+            email = normalize_email(raw)[1]
         except ValueError as exc:
             outcome.error(first + offset, raw[:320], "invalid_email", str(exc))
+            continue
+        if email in seen:  # one the web kept, in a job stored by a release before
+            outcome.counts["duplicate"] += 1
+            continue
+        seen.add(email)
+        normalized[offset] = email
     by_email = await contact_queries.find_by_emails(conn, job.project_id, list(normalized.values()))
-    found = {}
+    found: Found = {}
     for offset, email in normalized.items():
         if email in by_email:
             contact_id, status = by_email[email]
