@@ -43,24 +43,22 @@ async def insert_key(
 
 
 async def find_active_key(conn: Connection, secret_hash: bytes) -> ApiKey | None:
-    """The unrevoked key with this hash; marks it used (at most once a minute)."""
+    """The unrevoked key with this hash; marks it used (at most once a minute). One statement:
+    every request of the service makes it."""
     row = await conn.fetchrow(
         f"""
-        SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL
+        WITH found AS (
+            SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL
+        ), used AS (
+            UPDATE api_keys SET last_used_at = now()
+            WHERE id = (SELECT id FROM found)
+              AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
+        )
+        SELECT * FROM found
         """,
         secret_hash,
     )
-    if row is None:
-        return None
-    key: ApiKey = ApiKey.of(row)
-    await conn.execute(
-        """
-        UPDATE api_keys SET last_used_at = now()
-        WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
-        """,
-        key.id,
-    )
-    return key
+    return None if row is None else ApiKey.of(row)
 
 
 async def revoke_key(conn: Connection, prefix: str) -> bool:

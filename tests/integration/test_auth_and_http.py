@@ -40,6 +40,21 @@ async def test_revoked_key_is_refused(api: Api, db: asyncpg.Connection) -> None:
     assert (await api.get("/contacts"))[0] == 401
 
 
+async def test_a_key_is_marked_used_at_most_once_a_minute(api: Api, db: asyncpg.Connection) -> None:
+    used = "SELECT last_used_at FROM api_keys WHERE prefix = $1"
+    prefix = api.key[:11]
+    await db.execute("UPDATE api_keys SET last_used_at = NULL")
+    assert (await api.get("/contacts"))[0] == 200
+    first = await db.fetchval(used, prefix)
+    assert first is not None
+    assert (await api.get("/contacts"))[0] == 200
+    assert await db.fetchval(used, prefix) == first  # within the minute: not written again
+    await db.execute("UPDATE api_keys SET last_used_at = now() - interval '2 minutes'")
+    earlier = await db.fetchval(used, prefix)
+    assert (await api.get("/contacts"))[0] == 200
+    assert await db.fetchval(used, prefix) > earlier
+
+
 async def test_only_a_hash_of_the_key_is_stored(api: Api, db: asyncpg.Connection) -> None:
     rows = await db.fetch("SELECT prefix, secret_hash::text AS h, kind, scopes FROM api_keys")
     assert len(rows) == 1
