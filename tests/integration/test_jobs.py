@@ -425,11 +425,14 @@ async def test_contact_status_operations(
     _, body = await api.post(f"/contacts/{operation}", {"contact_ids": ids})
     await run_jobs()
     job = await wait_for_job(api, body["data"]["id"])
+    statuses = [r["status"] for r in await db.fetch("SELECT status FROM contacts ORDER BY id")]
     if operation == "bulk-subscribe":
         # an explicit re-subscribe; bounced and complained addresses stay suppressed
         assert job["counts"] == {"subscribed": 1, "unchanged": 1, "skipped": 2}
+        assert statuses == ["subscribed", "subscribed", "bounced", "complained"]
     else:
         assert job["counts"] == {"unsubscribed": 1, "unchanged": 3}
+        assert statuses == ["unsubscribed", "unsubscribed", "bounced", "complained"]
 
 
 async def test_a_cancelled_job_whose_worker_died_ends_cancelled(
