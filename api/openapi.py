@@ -31,6 +31,7 @@ ERROR_TEXT = {
     415: "Unsupported content type", 422: "Validation failed; details name each field",
     429: "Rate limited (see Retry-After)", 503: "Postgres or Redis is down",
 }  # fmt: skip
+SERVER_REFUSED = "a request line or header too long (8 KiB), or not HTTP: plain text, from aiohttp"
 
 
 class ErrorRow(BaseModel):
@@ -539,6 +540,16 @@ def _operation(op: Op, defs: dict[str, Any]) -> dict[str, Any]:
     for status in sorted(errors):
         error = {"application/json": {"schema": {"$ref": REF.format(model="Error")}}}
         responses[str(status)] = {"description": ERROR_TEXT[status], "content": error}
+    # before any handler: aiohttp's own answer to a request it cannot read
+    plain = {"text/plain": {"schema": {"type": "string"}}}
+    if "400" in responses:
+        responses["400"]["description"] += f"; or {SERVER_REFUSED}"
+        responses["400"]["content"] |= plain
+    else:
+        responses["400"] = {
+            "description": SERVER_REFUSED[:1].upper() + SERVER_REFUSED[1:],
+            "content": plain,
+        }
     operation: dict[str, Any] = {
         "summary": op.summary,
         "operationId": _operation_id(op),

@@ -58,6 +58,15 @@ def test_every_route_is_documented(settings: Settings) -> None:
     assert missing == []
 
 
+async def test_a_request_line_too_long_is_a_documented_400(api: Api) -> None:
+    """aiohttp refuses it before any handler, in plain text: the document says so."""
+    response = await api.client.get("/api/v1/jobs?" + "status=queued&" * 1000)
+    assert response.status == 400
+    assert response.content_type == "text/plain"
+    answers = build_document()["paths"]["/api/v1/jobs"]["get"]["responses"]
+    assert "text/plain" in answers["400"]["content"]
+
+
 async def test_document_is_served(api: Api) -> None:
     response = await api.client.get("/api/v1/openapi.json")
     assert response.status == 200
