@@ -91,7 +91,9 @@ def read_header(first_bytes: bytes, *, more: bool = False) -> Header:
     text = first_bytes.removeprefix(codecs.BOM_UTF8).decode("utf-8", "surrogateescape")
     delimiter, record = _header_record(text)
     if more and len(record) == len(text):  # no line end after it: it may go on
-        raise HeaderError(f"the header row does not end in the first {len(first_bytes):,} bytes")
+        raise HeaderError(
+            "the header row does not end in the file's first chunk (1 MiB by default)"
+        )
     # binary (or UTF-16 without its mark) has NULs in its first line or all over (1% of its
     # first 4 KB); a NUL in a value of a row is that row's problem (an error row), not the file's
     if "\x00" in record or first_bytes[:4096].count(b"\x00") > 40:
@@ -321,6 +323,13 @@ class CsvReader:
     def between_records(self) -> bool:
         """Whether the bytes fed so far end a record (a line end outside quotes)."""
         return self._splitter.between_records
+
+    @property
+    def ends_in_quotes(self) -> bool:
+        """Once finished: whether the file ends inside a quoted field (a quote never closed,
+        the rest of the file in it: a file cut short there, maybe), whether or not what is in
+        it makes a row."""
+        return self._splitter.unterminated
 
     def finish(self) -> Iterator[ParsedRow | Block]:
         text = self._decoder.decode(b"", final=True)

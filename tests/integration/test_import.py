@@ -334,7 +334,7 @@ async def test_a_header_row_longer_than_the_first_chunk_is_refused(
     status, body = await upload(client, long_header + b"\na@example.com" + b",x" * 30 + b"\n")
     assert status == 422, body
     assert body["error"]["details"][0]["message"] == (
-        "the header row does not end in the first 256 bytes"
+        "the header row does not end in the file's first chunk (1 MiB by default)"
     )
     assert await db.fetchval("SELECT count(*) FROM jobs") == 0
     # as long a header in a chunk of the default size, and one that is a whole short file
@@ -666,6 +666,7 @@ async def test_a_mirror_import_of_a_broken_file_unsubscribes_nobody(
     # email's own quotes
     cut = [b'email,first_name\nu0@example.com,"A', b'email,first_name\nu0@example.com,"A\n']
     cut.append(b'email\nu0@example.com\n"u1@example.com')
+    cut += [b'email\nu0@example.com\n"', b'email,n\nu0@example.com,A\n,"']  # right after it
     for broken in (swallowed, latin1, no_email, *cut):
         for dry_run in (True, False):
             job = await run_import(

@@ -61,9 +61,12 @@ class _DryRun(Exception):
 Parsed = ParsedRow | Block | Columns
 
 
-async def _file_rows(conn: Connection, job: JobRow) -> AsyncIterator[tuple[Header, list[Parsed]]]:
+async def _file_rows(
+    conn: Connection, job: JobRow
+) -> AsyncIterator[tuple[Header, list[Parsed], bool]]:
     """The stored file's rows, a chunk's worth at a time, with the file's header: simple
-    blocks of them read and validated by Arrow (csvcolumns: Columns), the others one by one."""
+    blocks of them read and validated by Arrow (csvcolumns: Columns), the others one by one;
+    and, with the last rows, whether the file ends inside a quoted field."""
     first = await queries.read_chunk(conn, job.id, 0) or b""
     reader = CsvReader(read_header(first), simple=True)
     # a chunk is parsed in a thread (Arrow lets go of the GIL) while the one before is taken,
@@ -76,10 +79,11 @@ async def _file_rows(conn: Connection, job: JobRow) -> AsyncIterator[tuple[Heade
             seq += 1
             chunk = await queries.read_chunk(conn, job.id, seq)
             if chunk is None:
-                yield reader.header, rows + list(reader.finish())
+                rows += reader.finish()
+                yield reader.header, rows, reader.ends_in_quotes
                 return
             parsing = asyncio.ensure_future(asyncio.to_thread(_fed, reader, chunk))
-            yield reader.header, rows
+            yield reader.header, rows, False
     finally:
         parsing.cancel()
 
@@ -201,7 +205,7 @@ class _Batch:
     # once its unique rows are merged (_merge_unique): those to join, and whether all were new
     merged: list[tuple[str, int, str]] | None = None
     none_existed: bool = True
-    cut_short: bool = False  # its last row opens a quote never closed: the file ends in it
+    cut_short: bool = False  # the file's last batch, and the file ends inside a quoted field
 
 
 class _ParsingEnded(Exception):
@@ -227,6 +231,7 @@ class _Parser:
     errors_kept: int = 0
     position: int = 0  # rows parsed so far
     failed: BaseException | None = None  # why parsing ended early, once a batch met it
+    ends_in_quotes: bool = False  # the file does (known with its last rows)
     filling: _Batch = field(init=False)  # the batch being filled
 
     def __post_init__(self) -> None:
@@ -242,7 +247,8 @@ class _Parser:
 
     async def _parse(self, conn: Connection) -> bool:
         """Whether the file had its every row (its last batch is delivered)."""
-        async for header, rows in _file_rows(conn, self.job):
+        async for header, rows, ends_in_quotes in _file_rows(conn, self.job):
+            self.ends_in_quotes = ends_in_quotes
             for batch in await self._take(header, rows):
                 await self.ready.put(batch)
                 if batch.upto == self.repeats.total:
@@ -301,10 +307,6 @@ class _Parser:
         parsed = contact_from_row(header, row)
         if isinstance(parsed, RowError):
             self._error(batch.outcome, parsed)
-            # a quote never closed runs to the end of the file: an export cut short inside a
-            # field, maybe, and who was after the cut is not known (whatever else is wrong with
-            # the row: bytes that are not UTF-8 in it, say)
-            batch.cut_short = batch.cut_short or row.unterminated
             if self.job.params["mode"] == "mirror" and parsed.email_normalized:
                 batch.held.append(_present(self.job, position, parsed))
         else:
@@ -312,6 +314,9 @@ class _Parser:
 
     async def _complete(self, batch: _Batch, done: list[_Batch]) -> _Batch:
         """The batch is parsed: its held rows set apart (in a thread), it is done; the next."""
+        # a file that ends inside a quoted field: cut short there, maybe, and who was after
+        # the cut is not known (whatever the rest of its last row is, blank even)
+        batch.cut_short = batch.upto == self.repeats.total and self.ends_in_quotes
         await asyncio.to_thread(self._hold, batch)
         done.append(batch)
         self.filling = self._next(batch.upto, self.repeats.total)
