@@ -473,8 +473,9 @@ async def test_workers_commit_without_waiting_for_the_disk_and_the_web_waits(
 
 
 async def test_a_connection_given_back_is_as_a_new_one(worker_context: WorkerContext) -> None:
-    """The pool sends no reset query (listmill.db._keep_session): a transaction left open is
-    still rolled back, and the next use sees nothing of it."""
+    """A guard, not a test of _keep_session (the pool sends no reset query): a transaction
+    left open is still rolled back (asyncpg does it either way), so the next use sees
+    nothing of what the code may leave, SET LOCAL and ON COMMIT DROP tables."""
     pool = worker_context["pool"]
     async with pool.acquire() as conn:
         await conn.execute("BEGIN")

@@ -16,14 +16,23 @@ OWN_CONNECTIONS = {
     "listmill/db.py": "apply_schema's advisory lock, on a connection it closes",
     "api/events.py": "the LISTEN of the web's job events, on a connection of its own",
 }
+# SQL here is written in capitals; lower-case settings are looked for too (English text in
+# docstrings starts "Set …" and "listen …", which these do not match)
+SESSION_SETTING = (
+    r"[\"';]\s*(SET\s+(?!LOCAL\b|TRANSACTION\b|CONSTRAINTS\b)|set\s+(?!local\b)\w+\s*(=|to\b))"
+)
 SESSION_STATE = {
-    "a session setting (use SET LOCAL)": re.compile(r"[\"';]\s*SET\s+(?!LOCAL\b)"),
+    "a session setting (use SET LOCAL)": re.compile(SESSION_SETTING),
     "set_config (session-wide if not local)": re.compile(r"\bset_config\s*\("),
-    "LISTEN": re.compile(r"\bLISTEN\s+\w|add_listener\("),
+    "LISTEN": re.compile(r"\bLISTEN\s+[\"\w]|add_listener\("),
     "a session advisory lock (use pg_advisory_xact_lock)": re.compile(r"pg_(try_)?advisory_lock"),
-    "a cursor WITH HOLD": re.compile(r"\bWITH\s+HOLD\b"),
+    "a cursor WITH HOLD": re.compile(r"\bWITH\s+HOLD\b", re.I),
+    "a prepared statement (PREPARE)": re.compile(r"\bPREPARE\s+\w+\s*(\(|AS\b)"),
+    "SELECT … INTO a temporary table": re.compile(r"\bINTO\s+(TEMP|TEMPORARY)\b", re.I),
 }
-TEMPORARY_TABLE = re.compile(r"CREATE\s+TEMP(ORARY)?\s+TABLE\b(?P<rest>[^;]*?)(\"\"\"|;)", re.S)
+TEMPORARY_TABLE = re.compile(
+    r"CREATE\s+(LOCAL\s+|GLOBAL\s+)?TEMP(ORARY)?\s+TABLE\b(?P<rest>[^;]*?)(\"\"\"|;)", re.S | re.I
+)
 
 
 def _relative(path: Path) -> str:
@@ -49,6 +58,10 @@ def test_the_patterns_find_what_they_look_for() -> None:
         "await conn.add_listener(CHANNEL, heard)": "LISTEN",
         "SELECT pg_advisory_lock(1)": "a session advisory lock (use pg_advisory_xact_lock)",
         "DECLARE c CURSOR WITH HOLD FOR SELECT 1": "a cursor WITH HOLD",
+        "conn.execute('set statement_timeout = 0')": "a session setting (use SET LOCAL)",
+        'LISTEN "jobs"': "LISTEN",
+        "PREPARE by_id (bigint) AS SELECT 1": "a prepared statement (PREPARE)",
+        "SELECT 1 INTO TEMP t": "SELECT … INTO a temporary table",
     }
     for text, what in caught.items():
         assert SESSION_STATE[what].search(text), text
@@ -56,10 +69,14 @@ def test_the_patterns_find_what_they_look_for() -> None:
         'conn.execute("SET LOCAL jit = off")',
         '"""\n    UPDATE jobs SET status = $2 WHERE id = $1"""',
         "SELECT pg_advisory_xact_lock(1)",
+        '"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"',
+        '"SET CONSTRAINTS ALL DEFERRED"',
+        '"""Set one membership unsubscribed."""',
+        "They listen on 127.0.0.1",
     ]
     for text in safe:
         assert not any(pattern.search(text) for pattern in SESSION_STATE.values()), text
-    kept = TEMPORARY_TABLE.search('"""CREATE TEMPORARY TABLE t (a int)"""')
+    kept = TEMPORARY_TABLE.search('"""create local temp table t (a int)"""')
     dropped = TEMPORARY_TABLE.search('"""CREATE TEMP TABLE t (a int) ON COMMIT DROP"""')
     assert kept is not None and "ON COMMIT DROP" not in kept["rest"]
     assert dropped is not None and "ON COMMIT DROP" in dropped["rest"]
