@@ -40,7 +40,7 @@ def first_occurrences(
     return kept
 
 
-def email_key(email: str) -> str:
+def _email_identity(email: str) -> str:
     """Whom an email names: two that differ only in case or surrounding space name one
     contact; an invalid one is its own (it gets its error row)."""
     try:
@@ -97,7 +97,8 @@ async def bulk_contacts(request: web.Request) -> web.Response:
     await _check_list(request, body.list_id, kind)
     identify_by = "contact_ids" if body.contact_ids is not None else "emails"
     given: list[Any] = body.contact_ids or body.emails or []
-    items = first_occurrences(given) if body.contact_ids else first_occurrences(given, email_key)
+    identity = _email_identity if body.emails else (lambda contact_id: contact_id)
+    items = first_occurrences(given, identity)
     params = body.model_dump(exclude={"contact_ids", "emails"}) | {"identify_by": identify_by}
     return await accept_job(
         request, kind, raw, params=params, payload=items, total=len(items), counts={}
