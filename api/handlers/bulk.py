@@ -97,8 +97,7 @@ async def bulk_contacts(request: web.Request) -> web.Response:
     await _check_list(request, body.list_id, kind)
     identify_by = "contact_ids" if body.contact_ids is not None else "emails"
     given: list[Any] = body.contact_ids or body.emails or []
-    identity = _email_identity if body.emails else (lambda contact_id: contact_id)
-    items = first_occurrences(given, identity)
+    items = first_occurrences(given, _email_identity) if body.emails else first_occurrences(given)
     params = body.model_dump(exclude={"contact_ids", "emails"}) | {"identify_by": identify_by}
     return await accept_job(
         request, kind, raw, params=params, payload=items, total=len(items), counts={}
