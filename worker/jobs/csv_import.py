@@ -565,7 +565,7 @@ async def _merge_unique(
     if batch.unique:
         rows = concat([rows, contacts_of([r[1:10] for r in batch.unique])])
     none_existed = True
-    await _count_resubscribed(conn, job, rows.column("email_normalized"), outcome)
+    await _count_resubscribed(conn, job, rows, outcome)
     if job.params["mode"] == "mirror":
         counts = await contact_queries.merge_staged(
             conn, job.project_id, job.id, batch.after, batch.upto, mode
@@ -618,14 +618,17 @@ def _mode(job: JobRow) -> str:
 
 
 async def _count_resubscribed(
-    conn: Connection, job: JobRow, emails: list[str], outcome: BatchOutcome
+    conn: Connection, job: JobRow, rows: Contacts | list[str], outcome: BatchOutcome
 ) -> None:
-    """With resubscribe=true, count the contacts of these rows that their merge (next) is
-    about to set subscribed again."""
-    if job.params["resubscribe"] and emails:
-        outcome.counts["resubscribed"] += await contact_queries.count_not_subscribed(
-            conn, job.project_id, emails
-        )
+    """With resubscribe=true, count the contacts of these rows (or normalized emails) that
+    their merge (next) is about to set subscribed again. Without it, the rows' emails are
+    never taken out of Arrow (a batch's worth holds the event loop for milliseconds)."""
+    if not job.params["resubscribe"] or not len(rows):
+        return
+    emails = rows.column("email_normalized") if isinstance(rows, Contacts) else rows
+    outcome.counts["resubscribed"] += await contact_queries.count_not_subscribed(
+        conn, job.project_id, emails
+    )
 
 
 def _count(outcome: BatchOutcome, staged: int, created: int, changed: int) -> None:
