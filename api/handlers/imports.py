@@ -34,6 +34,9 @@ from listmill.queries import lists as list_queries
 from listmill.records import Job, JobKind, ListStatus, OptInProcess
 
 MAX_FIELD_BYTES = 4096  # an option's value; only the file part is large
+# the least a read of the file asks for, whatever UPLOAD_CHUNK_BYTES is: a form's part refuses
+# a read shorter than its boundary (+ 2), and a boundary, in a header line, is under 8 KiB
+MIN_READ_BYTES = 16 * 1024
 # what aiohttp raises for a broken form: a bad boundary or header, an unknown charset or
 # transfer encoding, bytes that are not UTF-8
 FORM_ERRORS = (ValueError, AssertionError, LookupError, RuntimeError)
@@ -43,9 +46,9 @@ Read = Callable[[int], Awaitable[bytes]]
 
 async def _chunks(read: Read, size: int) -> AsyncIterator[bytes]:
     """The stream cut into chunks of ``size`` bytes (the last one shorter). Each read asks for
-    a whole chunk: a form's part refuses a read shorter than its boundary."""
+    a whole chunk, and never less than MIN_READ_BYTES."""
     buffer = bytearray()
-    while data := await read(size):
+    while data := await read(max(size, MIN_READ_BYTES)):
         buffer += data
         while len(buffer) >= size:
             yield bytes(buffer[:size])

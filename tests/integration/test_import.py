@@ -312,6 +312,38 @@ async def test_too_large_is_413_and_nothing_stays(
     assert await db.fetchval("SELECT count(*) FROM jobs") == 0
 
 
+async def test_a_form_upload_in_chunks_shorter_than_its_boundary(
+    api: Api,
+    db: asyncpg.Connection,
+    settings: Any,
+    run_jobs: RunJobs,
+    aiohttp_client: Any,
+    database_url: str,
+    redis_url: str,
+) -> None:
+    """A form's part refuses a read shorter than its boundary (aiohttp's is 32 characters,
+    RFC 2046 allows 70): a small UPLOAD_CHUNK_BYTES still reads the file whole, and stores
+    it in chunks of that size."""
+    from api.app import create_app
+    from tests.conftest import Api as Client
+    from tests.conftest import make_settings
+
+    small = make_settings(
+        database_url, redis_url, upload_chunk_bytes=13, queue_prefix=settings.queue_prefix
+    )
+    client = Client(await aiohttp_client(create_app(small)), api.key, api.project_id)
+    data = b"email,name\nann@example.com,Ann\nbo@example.com,Bo\n"  # its header in a chunk
+    status, body = await upload(client, data)
+    assert status == 202, body
+    sizes = await db.fetch("SELECT length(data) FROM job_file_chunks ORDER BY seq")
+    assert [size for (size,) in sizes] == [13, 13, 13, len(data) - 39]
+    await run_jobs()
+    job = await wait_for_job(api, body["data"]["id"])
+    assert job["counts"] == {"created": 2}
+    names = await db.fetch("SELECT email, data->>'name' FROM contacts ORDER BY email")
+    assert [tuple(r) for r in names] == [("ann@example.com", "Ann"), ("bo@example.com", "Bo")]
+
+
 async def test_a_header_row_longer_than_the_first_chunk_is_refused(
     api: Api,
     db: asyncpg.Connection,
