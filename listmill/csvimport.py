@@ -51,6 +51,10 @@ class HeaderError(ValueError):
     """The file cannot be imported at all: the message says why."""
 
 
+# the web reads the header row from the file's first chunk (UPLOAD_CHUNK_BYTES), and the job too
+PAST_FIRST_CHUNK = "the header row does not end in the file's first chunk (1 MiB by default)"
+
+
 def _alias(name: str) -> str | None:
     return ALIASES.get(re.sub(r"[\s_\-.]+", "", name.strip().lower()))
 
@@ -89,11 +93,9 @@ def read_header(first_bytes: bytes, *, more: bool = False) -> Header:
     if first_bytes.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise HeaderError("the file is UTF-16: save it as CSV UTF-8 and upload it again")
     text = first_bytes.removeprefix(codecs.BOM_UTF8).decode("utf-8", "surrogateescape")
-    delimiter, record = _header_record(text)
+    delimiter, record = _header_record(text, more)
     if more and len(record) == len(text):  # no line end after it: it may go on
-        raise HeaderError(
-            "the header row does not end in the file's first chunk (1 MiB by default)"
-        )
+        raise HeaderError(PAST_FIRST_CHUNK)
     # binary (or UTF-16 without its mark) has NULs in its first line or all over (1% of its
     # first 4 KB); a NUL in a value of a row is that row's problem (an error row), not the file's
     if "\x00" in record or first_bytes[:4096].count(b"\x00") > 40:
@@ -127,11 +129,12 @@ def _columns(record: str, delimiter: str) -> list[str]:
     return [c.strip() for c in next(csv.reader([record], delimiter=delimiter), [])]
 
 
-def _header_record(text: str) -> tuple[str, str]:
+def _header_record(text: str, more: bool) -> tuple[str, str]:
     """The delimiter (sniffed) and the header record under it: of the delimiters under which
     the header's quotes close and it names an email column, the one it has most of outside
     quotes ("Name, full";email): a tab-delimited header whose column names hold commas names
-    no email column if split on them."""
+    no email column if split on them. With ``more``, a quote the text never closes may close
+    past it."""
     records = {d: first_record(text, d) for d in DELIMITERS}
 
     def score(delimiter: str) -> tuple[bool, bool, int]:
@@ -144,6 +147,8 @@ def _header_record(text: str) -> tuple[str, str]:
     delimiter = max(DELIMITERS, key=score)
     record = records[delimiter]
     if record is None or (None in records.values() and not score(delimiter)[1]):
+        if more:
+            raise HeaderError(f"{PAST_FIRST_CHUNK}: a quoted name in it is not closed within it")
         raise HeaderError("a quoted name in the header row is never closed")
     return delimiter, record
 

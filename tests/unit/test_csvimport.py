@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from listmill.csvimport import (
+    PAST_FIRST_CHUNK,
     CsvReader,
     HeaderError,
     ParsedRow,
@@ -174,6 +175,22 @@ def test_a_header_whose_quote_never_closes_is_refused() -> None:
             read_header(data)
     # a quote inside a name (not at its start) is text, as csv reads it
     assert read_header(b'email,5" screen\na@example.com,x\n').columns == ["email", '5" screen']
+
+
+def test_a_first_chunk_that_ends_inside_a_quoted_header_name_says_so() -> None:
+    """Cut by the chunk inside a quoted name, the header may close past it: not "never
+    closed", but too long for the first chunk (the web's 422)."""
+    data = b'\xef\xbb\xbf"email","n","t"\r\n"a@example.com","A","B"\r\n'
+    for cut in (5, 13, 16, 17):  # in "email", in "n", right after t's opening quote, in "t"
+        with pytest.raises(HeaderError, match="not closed within it") as raised:
+            read_header(data[:cut], more=True)
+        assert str(raised.value).startswith(PAST_FIRST_CHUNK)
+        with pytest.raises(HeaderError, match="never closed"):  # the whole file: it is not
+            read_header(data[:cut])
+    with pytest.raises(HeaderError) as raised:  # between two names
+        read_header(data[:15], more=True)
+    assert str(raised.value) == PAST_FIRST_CHUNK
+    assert read_header(data[:19], more=True).columns == ["email", "n", "t"]
 
 
 def test_header_refusals_that_say_what_to_do() -> None:
