@@ -101,7 +101,8 @@ async def read_known(conn: Connection, project_id: int, expected: int = 0) -> Kn
     await contact_queries.copy_lines(conn, project_id, take)
     if pending:
         await hash_lines(bytes(pending))
-    return known_of(hashed[0, :count], hashed[1, :count])
+    # sorted in a thread (numpy lets go of the GIL to sort): the caller's loop goes on
+    return await asyncio.to_thread(known_of, hashed[0, :count], hashed[1, :count])
 
 
 _NONE = np.zeros(0, dtype=np.int64)
