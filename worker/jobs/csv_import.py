@@ -414,8 +414,8 @@ class _ImportRun:
         try:
             self.known = await contact_queries.count_project(conn, job.project_id)
             keys = await file_key_hashes(conn, job, self.hashes)
-            # sorts of a row's 8 bytes each: in a thread, as numpy lets go of the GIL to sort,
-            # and this loop serves other jobs meanwhile (1,000,000 rows: ~100 ms)
+            # sorts of 8 bytes a row, in a thread: numpy lets go of the GIL to sort, and this
+            # loop serves other jobs meanwhile (1,000,000 rows: about 200 ms)
             repeats = await asyncio.to_thread(repeats_of, keys)
             if reading is not None and worth_reading(self.known, repeats.total):
                 self.existing = await reading
