@@ -1,5 +1,14 @@
--- listmill data model (SPEC §2). Idempotent: applied on every start by `listmill migrate`.
+-- listmill data model (SPEC §2). Idempotent: `listmill migrate` applies it whenever its text
+-- differs from the one it applied last (schema_applied).
 -- Every tenant-owned row carries project_id and every query is scoped by it.
+
+-- The digest of each schema.sql text applied (listmill.db.apply_schema): a migrate whose text
+-- was the last applied does nothing, for some statements below lock their table even when
+-- they change nothing, and a deploy's migrate should not stop the running jobs' writes.
+CREATE TABLE IF NOT EXISTS schema_applied (
+    digest      text PRIMARY KEY,             -- sha256 of the text
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
 
 CREATE TABLE IF NOT EXISTS projects (
     id          bigserial PRIMARY KEY,

@@ -312,8 +312,8 @@ def _admin(args: argparse.Namespace, settings: Settings) -> int:
 def _admin_on(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "migrate":
         asyncio.run(create_database(settings.database_url))
-        asyncio.run(apply_schema(settings.database_url))
-        log.info("schema_applied")
+        applied = asyncio.run(apply_schema(settings.database_url))
+        log.info("schema_applied" if applied else "schema_current")
         return 0
     if args.command == "queues":
         from listmill.queues_table import show_queues

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from importlib import resources
@@ -116,14 +117,40 @@ def schema_sql() -> str:
     return resources.files("listmill").joinpath("schema.sql").read_text()
 
 
-async def apply_schema(database_url: str) -> None:
-    """Apply schema.sql; idempotent, so it runs on every start."""
+SCHEMA_LOCK = 4242  # the advisory lock two migrates at once take in turn
+LAST_APPLIED = "SELECT digest FROM schema_applied ORDER BY applied_at DESC LIMIT 1"
+RECORD_APPLIED = """
+    INSERT INTO schema_applied (digest) VALUES ($1)
+    ON CONFLICT (digest) DO UPDATE SET applied_at = now()
+"""
+
+
+async def apply_schema(database_url: str) -> bool:
+    """Apply schema.sql unless this very text was the last applied; whether it ran.
+    schema.sql is idempotent, but some of its statements lock a table whatever they find
+    (ALTER TABLE, CREATE INDEX IF NOT EXISTS): a deploy's migrate with nothing new would wait
+    for the running jobs' writes and hold up every other one meanwhile."""
+    text = schema_sql()
+    digest = hashlib.sha256(text.encode()).hexdigest()
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("SELECT pg_advisory_lock(4242)")
-        await conn.execute(schema_sql())
+        await conn.execute("SELECT pg_advisory_lock($1)", SCHEMA_LOCK)
+        if await _last_applied(conn) == digest:
+            return False
+        async with conn.transaction():
+            await conn.execute(text)
+            await conn.execute(RECORD_APPLIED, digest)
+        return True
     finally:
         await conn.close()
+
+
+async def _last_applied(conn: Connection) -> str | None:
+    """The digest of the schema.sql last applied; None before any (or before the table)."""
+    try:
+        return await conn.fetchval(LAST_APPLIED)  # type: ignore[no-any-return]
+    except asyncpg.UndefinedTableError:
+        return None
 
 
 async def create_database(database_url: str) -> bool:
