@@ -416,7 +416,11 @@ class RowError:
 
 def _row_problem(row: ParsedRow) -> tuple[str, str] | None:
     if row.undecodable:
-        return "invalid_encoding", "the row is not valid UTF-8"
+        return (
+            "invalid_encoding",
+            "the row has bytes that are no text in the file's charset"
+            " (UTF-8, unless its upload declared another)",
+        )
     if row.unterminated:
         return (
             "unterminated_quote",

@@ -176,6 +176,7 @@ async def test_a_file_in_a_declared_charset_is_read_as_that_charset(
     assert names == {"zoe@example.com": "Zoë", "rene@example.com": "René \u2018R\u2019"}
     _, errors = await api.get(f"/jobs/{ids[0]}/errors")
     assert [(e["row_number"], e["code"]) for e in errors["data"]] == [(4, "invalid_encoding")]
+    assert "no text in the file's charset" in errors["data"][0]["message"]
     response = await api.client.post(
         "/api/v1/contacts/import", data=b"email\na@b.co\n",
         headers={"Authorization": f"Bearer {api.key}", "Content-Type": "text/csv; charset=nope"},
