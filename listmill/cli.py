@@ -37,7 +37,12 @@ def _refresh_seconds(text: str) -> float:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="listmill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("migrate", help="create the database if missing and apply schema.sql")
+    migrate = sub.add_parser("migrate", help="create the database if missing and apply schema.sql")
+    migrate.add_argument(
+        "--force",
+        action="store_true",
+        help="apply schema.sql even if that text was the last applied (to repair a hand edit)",
+    )
     sub.add_parser("web", help="run the HTTP API")
     sub.add_parser("worker", help="run a job worker (all lanes unless WORKER_LANES is set)")
     sub.add_parser("run", help="find or start Postgres and Redis, then run web + a worker per lane")
@@ -312,7 +317,7 @@ def _admin(args: argparse.Namespace, settings: Settings) -> int:
 def _admin_on(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "migrate":
         asyncio.run(create_database(settings.database_url))
-        applied = asyncio.run(apply_schema(settings.database_url))
+        applied = asyncio.run(apply_schema(settings.database_url, force=args.force))
         log.info("schema_applied" if applied else "schema_current")
         return 0
     if args.command == "queues":

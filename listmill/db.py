@@ -125,9 +125,9 @@ RECORD_APPLIED = """
 """
 
 
-async def apply_schema(database_url: str) -> bool:
-    """Apply schema.sql unless this very text was the last applied; whether it ran.
-    schema.sql is idempotent, but some of its statements lock a table whatever they find
+async def apply_schema(database_url: str, *, force: bool = False) -> bool:
+    """Apply schema.sql unless this very text was the last applied (or ``force``); whether it
+    ran. schema.sql is idempotent, but some of its statements lock a table whatever they find
     (ALTER TABLE, CREATE INDEX IF NOT EXISTS): a deploy's migrate with nothing new would wait
     for the running jobs' writes and hold up every other one meanwhile."""
     text = schema_sql()
@@ -135,7 +135,7 @@ async def apply_schema(database_url: str) -> bool:
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", SCHEMA_LOCK)
-        if await _last_applied(conn) == digest:
+        if not force and await _last_applied(conn) == digest:
             return False
         async with conn.transaction():
             await conn.execute(text)

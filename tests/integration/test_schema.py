@@ -7,6 +7,7 @@ import asyncio
 
 import asyncpg
 
+from listmill.cli import _parser
 from listmill.db import apply_schema
 
 
@@ -53,3 +54,20 @@ async def test_a_database_made_before_schema_applied_is_migrated(database_url: s
         assert await conn.fetchval("SELECT count(*) FROM schema_applied") == 1
     finally:
         await conn.close()
+
+
+async def test_force_applies_the_text_again_to_repair_a_hand_edit(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("DROP INDEX contacts_project_id")  # by hand: the digest is current
+        assert await apply_schema(database_url) is False
+        assert await conn.fetchval("SELECT to_regclass('contacts_project_id')") is None
+        assert await apply_schema(database_url, force=True) is True
+        assert await conn.fetchval("SELECT to_regclass('contacts_project_id')::text") is not None
+    finally:
+        await conn.close()
+
+
+def test_migrate_takes_force() -> None:
+    assert _parser().parse_args(["migrate", "--force"]).force is True
+    assert _parser().parse_args(["migrate"]).force is False
