@@ -44,17 +44,23 @@ CSV_TYPES = ("text/csv", "application/csv", "text/plain", "application/vnd.ms-ex
 Read = Callable[[int], Awaitable[bytes]]
 
 
-async def _chunks(read: Read, size: int) -> AsyncIterator[bytes]:
-    """The stream cut into chunks of ``size`` bytes (the last one shorter). Each read asks for
-    a whole chunk, and never less than MIN_READ_BYTES."""
+async def _chunks(read: Read, size: int) -> AsyncIterator[tuple[bytes, bool]]:
+    """The stream cut into chunks of ``size`` bytes (the last one shorter), each with whether
+    more of the file follows it (a file may end at a chunk's end). Each read asks for a whole
+    chunk, and never less than MIN_READ_BYTES."""
     buffer = bytearray()
+    cut: bytes | None = None  # yielded once it is known whether anything follows
     while data := await read(max(size, MIN_READ_BYTES)):
         buffer += data
         while len(buffer) >= size:
-            yield bytes(buffer[:size])
+            if cut is not None:
+                yield cut, True
+            cut = bytes(buffer[:size])
             del buffer[:size]
+    if cut is not None:
+        yield cut, bool(buffer)
     if buffer:
-        yield bytes(buffer)
+        yield bytes(buffer), False
 
 
 async def _store_file(
@@ -68,13 +74,11 @@ async def _store_file(
     size, seq, digest = 0, 0, hashlib.sha256()
     try:
         transcoder = Transcoder(source.charset)
-        async for chunk in _chunks(source.read, settings.upload_chunk_bytes):
+        async for chunk, more in _chunks(source.read, settings.upload_chunk_bytes):
             size += len(chunk)
             if size > settings.max_upload_bytes:
                 raise PayloadTooLarge(f"the file is larger than {settings.max_upload_bytes} bytes")
             digest.update(chunk)
-            # only the last chunk is shorter than a whole one
-            more = len(chunk) == settings.upload_chunk_bytes
             await _store_chunk(conn, job_id, seq, transcoder.feed(chunk), more)
             seq += 1
         if rest := transcoder.finish():

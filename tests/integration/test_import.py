@@ -354,8 +354,8 @@ async def test_a_header_row_longer_than_the_first_chunk_is_refused(
     redis_url: str,
 ) -> None:
     """Only the first chunk's header row is read (by the web and the job): one that goes on
-    past it would lose its last columns, so it is a 422. A file shorter than a chunk may end
-    in its header row."""
+    past it would lose its last columns, so it is a 422. A file of a chunk or less may end in
+    its header row."""
     from api.app import create_app
     from tests.conftest import Api as Client
     from tests.conftest import make_settings
@@ -377,9 +377,15 @@ async def test_a_header_row_longer_than_the_first_chunk_is_refused(
         await db.fetchval("SELECT count(*) FROM jsonb_object_keys((SELECT data FROM contacts))")
         == 30
     )
-    for whole in (b"email,first_name", b"email," + b"x" * 240):  # no line end: under 256 bytes
+    # no line end: shorter than a chunk, and a whole chunk (nothing follows it)
+    for whole in (b"email,first_name", b"email," + b"x" * 240, b"email," + b"x" * 250):
         status, body = await upload(client, whole)
         assert status == 202, body
+    status, body = await upload(client, b"email," + b"x" * 250 + b"y")  # a byte more follows
+    assert status == 422, body
+    assert body["error"]["details"][0]["message"] == (
+        "the header row does not end in the file's first chunk (1 MiB by default)"
+    )
 
 
 async def test_modes_upsert_fill_blanks_and_unchanged(
