@@ -5,7 +5,13 @@ read as it meant them. What the bytes say wins over the label where they say it 
 file that begins with UTF-8's byte order mark is UTF-8, and so is one labelled with a one-byte
 charset (some clients label every text ISO-8859-1) whose first chunk with a byte beyond ASCII
 is valid UTF-8 (ASCII reads the same in all of them). A byte the charset has no character for
-is kept as it was (the import's error row says so)."""
+is kept as it was (the import's error row says so).
+
+A label of ISO-8859-1 is read as windows-1252, as browsers do (the WHATWG Encoding Standard):
+clients that label every text ISO-8859-1 send Excel's windows-1252 under it, and the bytes
+where the two differ (0x80-0x9F: the euro sign, curly quotes and dashes in windows-1252) are
+control characters in ISO-8859-1, which no file of text has. The five bytes windows-1252 has
+no character for read as ISO-8859-1 reads them."""
 
 from __future__ import annotations
 
@@ -24,6 +30,17 @@ class NotInCharset(ValueError):
 
 # codecs Python knows that are not a charset a file of text is written in
 _NOT_FILE_CHARSETS = {"idna", "punycode", "unicode-escape", "raw-unicode-escape", "undefined"}
+_LATIN_1_AS = "cp1252"
+_LATIN_1_ERRORS = "listmill-latin-1"  # a byte windows-1252 lacks: the ISO-8859-1 character
+
+
+def _as_latin_1(exc: UnicodeError) -> tuple[str, int]:
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    return exc.object[exc.start : exc.end].decode("latin-1"), exc.end
+
+
+codecs.register_error(_LATIN_1_ERRORS, _as_latin_1)
 
 
 @dataclass
@@ -32,6 +49,7 @@ class Transcoder:
 
     charset: str | None
     _codec: codecs.CodecInfo | None = field(default=None, init=False)
+    _errors: str = field(default="surrogateescape", init=False)  # for a byte it lacks
     _decoder: Any = field(default=None, init=False)  # codecs.IncrementalDecoder, once chosen
     _started: bool = field(default=False, init=False)
     _is_utf8: bool = field(default=False, init=False)  # the bytes said so
@@ -46,6 +64,8 @@ class Transcoder:
             raise UnknownCharset(f"unknown charset {self.charset}") from None
         if not getattr(codec, "_is_text_encoding", True) or codec.name in _NOT_FILE_CHARSETS:
             raise UnknownCharset(f"{self.charset} is not a charset of text")
+        if codec.name == "iso8859-1":
+            codec, self._errors = codecs.lookup(_LATIN_1_AS), _LATIN_1_ERRORS
         if codec.name not in ("utf-8", "ascii"):
             self._codec = codec
 
@@ -57,23 +77,26 @@ class Transcoder:
         if not started and chunk.startswith(codecs.BOM_UTF8):
             self._is_utf8 = True
         elif codec.name.startswith(("utf-16", "utf-32")):
-            self._decoder = codec.incrementaldecoder("surrogateescape")
+            self._decoder = self._label_decoder()
         elif not chunk.isascii():  # the first bytes that tell: UTF-8, or the label's
             told = _utf8_told(chunk)
             if told is None:  # ASCII, then what may begin a character: wait for the rest
                 return self._hold(chunk)
             self._is_utf8 = told
             if not told:
-                self._decoder = codec.incrementaldecoder("surrogateescape")
+                self._decoder = self._label_decoder()
         return self._utf8(chunk, final=False)
 
     def finish(self) -> bytes:
         if self._held:  # never completed as UTF-8: the label's
-            assert self._codec is not None
-            self._decoder = self._codec.incrementaldecoder("surrogateescape")
+            self._decoder = self._label_decoder()
             held, self._held = self._held, b""
             return self._utf8(held, final=True)
         return self._utf8(b"", final=True)
+
+    def _label_decoder(self) -> Any:
+        assert self._codec is not None
+        return self._codec.incrementaldecoder(self._errors)
 
     def _hold(self, chunk: bytes) -> bytes:
         cut = len(chunk.rstrip(bytes(range(0x80, 0x100))))

@@ -36,6 +36,17 @@ def test_what_the_bytes_say_wins_over_a_one_byte_label(chunk: int) -> None:
     assert transcoded("iso-8859-1", latin, chunk) == utf8  # the label, where the bytes are not
 
 
+@pytest.mark.parametrize("label", ["iso-8859-1", "ISO_8859-1", "latin1", "l1"])
+def test_an_iso_8859_1_label_reads_as_windows_1252_as_browsers_do(label: str) -> None:
+    # curly quotes, the euro sign, a dash: bytes 0x80-0x9F in windows-1252
+    text = "email,name,note\na@b.co,Zoë,\u201c5 \u20ac\u201d \u2013 it\u2019s\n"
+    assert transcoded(label, text.encode("cp1252")).decode() == text
+    # the five bytes windows-1252 lacks read as in ISO-8859-1 (control characters)
+    assert transcoded(label, b"email\nZo\xeb \x81\x8d\x8f\x90\x9d\n").decode() == (
+        "email\nZoë \x81\x8d\x8f\x90\x9d\n"
+    )
+
+
 def test_a_byte_without_a_character_stays_as_it_was() -> None:
     assert transcoded("windows-1252", b"email\nx\x81@b.co\n") == b"email\nx\x81@b.co\n"
     assert transcoded(None, b"\xff\xfe") == b"\xff\xfe"  # undeclared: taken as it is
