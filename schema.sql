@@ -91,7 +91,7 @@ CREATE TABLE IF NOT EXISTS lists (
     description     text,
     opt_in_process  text NOT NULL DEFAULT 'single' CHECK (opt_in_process IN ('single', 'double')),
     status          text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'archived')),
-    member_count    integer NOT NULL DEFAULT 0,   -- members subscribed or confirmed, kept exact
+    member_count    integer NOT NULL DEFAULT 0,   -- with list_member_count_changes: see there
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT lists_project_name_key UNIQUE (project_id, name)
@@ -226,29 +226,38 @@ CREATE TABLE IF NOT EXISTS sequence_enrollments (
 );
 CREATE INDEX IF NOT EXISTS sequence_enrollments_contact ON sequence_enrollments (contact_id);
 
--- lists.member_count stays exact through every statement that changes memberships, cascades
--- included: statement-level triggers apply one aggregated delta per list and statement.
+-- A list's member count (subscribed or confirmed) is lists.member_count plus the sum of its rows
+-- here, exact through every statement that changes memberships, cascades included: a
+-- statement-level trigger adds one row per list and statement, in the statement's transaction.
+-- It never writes the list's row: a job that wrote memberships and then waited for the list's
+-- row lock, held by another that waited for one of its memberships, was a deadlock (a mirror
+-- import's unsubscribe beside bulk subscribes of the same list), and every writer of a list's
+-- memberships waited for the one before to commit. The rows are folded into lists.member_count
+-- by the reconciliation cron (queries.memberships.fold_member_counts). No foreign key: the
+-- rows of a deleted list are dropped by the next fold.
+CREATE TABLE IF NOT EXISTS list_member_count_changes (
+    list_id  bigint NOT NULL,
+    delta    integer NOT NULL
+);
+CREATE INDEX IF NOT EXISTS list_member_count_changes_list ON list_member_count_changes (list_id);
+
 CREATE OR REPLACE FUNCTION list_member_count_sync() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        UPDATE lists l SET member_count = l.member_count + d.n
-        FROM (SELECT list_id, count(*) AS n FROM new_rows
-              WHERE status IN ('subscribed', 'confirmed') GROUP BY list_id ORDER BY list_id) d
-        WHERE l.id = d.list_id;
+        INSERT INTO list_member_count_changes (list_id, delta)
+        SELECT list_id, count(*) FROM new_rows
+        WHERE status IN ('subscribed', 'confirmed') GROUP BY list_id;
     ELSIF TG_OP = 'DELETE' THEN
-        UPDATE lists l SET member_count = l.member_count - d.n
-        FROM (SELECT list_id, count(*) AS n FROM old_rows
-              WHERE status IN ('subscribed', 'confirmed') GROUP BY list_id ORDER BY list_id) d
-        WHERE l.id = d.list_id;
+        INSERT INTO list_member_count_changes (list_id, delta)
+        SELECT list_id, -count(*) FROM old_rows
+        WHERE status IN ('subscribed', 'confirmed') GROUP BY list_id;
     ELSE
-        UPDATE lists l SET member_count = l.member_count + d.n
-        FROM (SELECT list_id, sum(delta) AS n FROM (
-                  SELECT list_id, 1 AS delta FROM new_rows
-                  WHERE status IN ('subscribed', 'confirmed')
-                  UNION ALL
-                  SELECT list_id, -1 FROM old_rows WHERE status IN ('subscribed', 'confirmed')
-              ) changes GROUP BY list_id HAVING sum(delta) <> 0 ORDER BY list_id) d
-        WHERE l.id = d.list_id;
+        INSERT INTO list_member_count_changes (list_id, delta)
+        SELECT list_id, sum(delta) FROM (
+            SELECT list_id, 1 AS delta FROM new_rows WHERE status IN ('subscribed', 'confirmed')
+            UNION ALL
+            SELECT list_id, -1 FROM old_rows WHERE status IN ('subscribed', 'confirmed')
+        ) changes GROUP BY list_id HAVING sum(delta) <> 0;
     END IF;
     RETURN NULL;
 END

@@ -1,5 +1,6 @@
-"""member_count reconciliation (arq cron): the triggers keep counts exact; this proves it, and
-repairs and logs any drift (say, after a manual SQL fix)."""
+"""member_count reconciliation (arq cron): folds the count changes the triggers add into each
+list's count; the triggers keep counts exact, this proves it, and repairs and logs any drift
+(say, after a manual SQL fix)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ log = structlog.get_logger(__name__)
 async def reconcile_member_counts(ctx: WorkerContext) -> dict[str, int]:
     repaired = 0
     async with ctx["pool"].acquire() as conn:
+        folded = await queries.fold_member_counts(conn)
         list_ids = await queries.all_list_ids(conn)
         for list_id in list_ids:
             async with conn.transaction():
@@ -23,6 +25,6 @@ async def reconcile_member_counts(ctx: WorkerContext) -> dict[str, int]:
                 log.warning(
                     "member_count_drift_repaired", list_id=list_id, stored=drift[0], actual=drift[1]
                 )
-    summary = {"lists": len(list_ids), "repaired": repaired}
+    summary = {"lists": len(list_ids), "folded": folded, "repaired": repaired}
     log.info("member_counts_reconciled", **summary)
     return summary

@@ -10,7 +10,14 @@ from listmill.db import Connection
 from listmill.errors import Conflict
 from listmill.records import MailingList
 
-COLUMNS = "id, name, description, opt_in_process, status, member_count, created_at, updated_at"
+# a list's member count: its folded count and the changes since (schema.sql)
+MEMBER_COUNT = """
+    member_count + COALESCE((SELECT sum(c.delta) FROM list_member_count_changes c
+                             WHERE c.list_id = lists.id), 0) AS member_count
+"""
+COLUMNS = f"""
+    id, name, description, opt_in_process, status, {MEMBER_COUNT}, created_at, updated_at
+"""
 DUPLICATE_NAME = "a list with this name already exists"
 
 

@@ -1,6 +1,8 @@
 """SQL for list memberships and the enrollments they trigger.
 
-``lists.member_count`` is kept by triggers in schema.sql, so no statement here touches it.
+A list's member count is kept by triggers in schema.sql (lists.member_count and the changes
+since, in list_member_count_changes): no statement here but the fold and the reconciliation
+touches it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from uuid import UUID
 
 from listmill.consent import MemberStatus, allowed_from
 from listmill.db import Connection, execute_planned, fetch_planned
+from listmill.queries import lists
 from listmill.records import Membership
 
 ACTIVE = ("subscribed", "confirmed")
@@ -69,7 +72,7 @@ async def add_members(
                    CASE WHEN $4 IN ('subscribed', 'confirmed') THEN now() END,
                    CASE WHEN $4 = 'confirmed' THEN now() END,
                    $8, $9, $10::inet
-            FROM target
+            FROM target ORDER BY contact_id  -- rows locked in one order by every writer
             ON CONFLICT (list_id, contact_id) DO UPDATE SET
                 status = $5,
                 subscribed_at = CASE WHEN $5 IN ('subscribed', 'confirmed')
@@ -278,25 +281,47 @@ async def confirm_member(conn: Connection, list_id: int, contact_id: int) -> str
     )
 
 
-async def reconcile_member_count(conn: Connection, list_id: int) -> tuple[int, int] | None:
-    """Recount one list under its row lock; (stored, actual) when they differed, else None.
-
-    The lock orders this against the triggers: a membership change either committed before
-    the count (and is in it) or applies its delta after ours."""
-    stored = await conn.fetchval("SELECT member_count FROM lists WHERE id = $1 FOR UPDATE", list_id)
-    if stored is None:
-        return None
-    actual = await conn.fetchval(
+async def fold_member_counts(conn: Connection) -> int:
+    """Fold the member-count changes into lists.member_count; the lists folded. Changes
+    committed meanwhile stay for the next fold, as do those of lists deleted meanwhile, which
+    are dropped."""
+    folded = await conn.fetchval(
         """
-        SELECT count(*) FROM list_memberships
-        WHERE list_id = $1 AND status IN ('subscribed', 'confirmed')
+        WITH folded AS (DELETE FROM list_member_count_changes RETURNING list_id, delta),
+        sums AS (SELECT list_id, sum(delta) AS n FROM folded GROUP BY list_id),
+        written AS (
+            UPDATE lists l SET member_count = l.member_count + s.n
+            FROM sums s WHERE l.id = s.list_id AND s.n <> 0
+            RETURNING l.id
+        )
+        SELECT count(*) FROM sums
+        """
+    )
+    return int(folded)
+
+
+async def reconcile_member_count(conn: Connection, list_id: int) -> tuple[int, int] | None:
+    """Recount one list; (believed, actual) when they differed, and then a change that makes
+    up the difference is added, else None. One statement, so one snapshot: a membership
+    change and its count change commit together, and either both are in it or neither."""
+    row = await conn.fetchrow(
+        f"""
+        SELECT {lists.MEMBER_COUNT},
+               (SELECT count(*) FROM list_memberships m
+                WHERE m.list_id = lists.id AND m.status IN ('subscribed', 'confirmed')) AS actual
+        FROM lists WHERE id = $1
         """,
         list_id,
     )
-    if stored == actual:
+    if row is None or row["member_count"] == row["actual"]:
         return None
-    await conn.execute("UPDATE lists SET member_count = $2 WHERE id = $1", list_id, actual)
-    return int(stored), int(actual)
+    believed, actual = int(row["member_count"]), int(row["actual"])
+    await conn.execute(
+        "INSERT INTO list_member_count_changes (list_id, delta) VALUES ($1, $2)",
+        list_id,
+        actual - believed,
+    )
+    return believed, actual
 
 
 async def all_list_ids(conn: Connection) -> list[Any]:

@@ -386,7 +386,14 @@ async def test_member_count_is_exact_and_drift_is_repaired(
     assert body["data"]["member_count"] == 4
     await db.execute("UPDATE lists SET member_count = 99")  # drift made by hand
     summary = await reconcile_member_counts(worker_context)
-    assert summary == {"lists": 1, "repaired": 1}
+    assert summary == {"lists": 1, "folded": 1, "repaired": 1}
+    _, body = await api.get(f"/lists/{list_id}")
+    assert body["data"]["member_count"] == 4
+    # the repair is a change too: the next run folds it, and finds nothing to repair
+    summary = await reconcile_member_counts(worker_context)
+    assert summary == {"lists": 1, "folded": 1, "repaired": 0}
+    assert await db.fetchval("SELECT member_count FROM lists") == 4
+    assert await db.fetchval("SELECT count(*) FROM list_member_count_changes") == 0
     _, body = await api.get(f"/lists/{list_id}")
     assert body["data"]["member_count"] == 4
 
