@@ -290,6 +290,25 @@ async def find_by_ids(conn: Connection, project_id: int, ids: list[int]) -> dict
     return {r["id"]: r["status"] for r in rows}
 
 
+async def lock_for_joining(conn: Connection, project_id: int, ids: list[int]) -> dict[int, str]:
+    """Lock the project's contacts among ``ids`` until the transaction ends (FOR SHARE, in id
+    order): id -> their marketing status now. Taken before their memberships are written, so
+    that a change of their status or their deletion by another transaction comes wholly
+    before the joining (and is seen here: a contact deleted meanwhile is absent) or wholly
+    after; read without the lock, an unsubscribe that committed in between left an
+    unsubscribed contact a subscribed member, and a deletion failed the job's insert."""
+    rows = await fetch_planned(
+        conn,
+        """
+        SELECT c.id, c.status FROM contacts c WHERE c.project_id = $1 AND c.id = ANY($2::bigint[])
+        ORDER BY c.id FOR SHARE
+        """,
+        project_id,
+        ids,
+    )
+    return {r["id"]: r["status"] for r in rows}
+
+
 # Contacts by email: `= ANY` of the array, never a join with it. A join of many emails with a
 # table that grows during an import (its statistics behind) was planned as a hash join over a
 # scan of the whole table, and a lookup per email (LATERAL … LIMIT 1) as a walk of the

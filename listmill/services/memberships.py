@@ -63,9 +63,14 @@ async def put_membership(
     member, or a status change the consent rules forbid (a complained member is never
     silently re-subscribed)."""
     mailing_list = await _list(conn, project_id, target["list_id"])
-    contact_id, contact_status = await _contact(
+    contact_id, _ = await _contact(
         conn, project_id, target.get("contact_id"), target.get("contact")
     )
+    # its status as it stays until this commits (a deletion or an unsubscribe waits, or came)
+    locked = await contact_queries.lock_for_joining(conn, project_id, [contact_id])
+    if contact_id not in locked:
+        raise NotFound(CONTACT_NOT_FOUND)
+    contact_status = locked[contact_id]
     existing = await queries.get_member(conn, project_id, mailing_list.id, contact_id)
     if existing is None and mailing_list.status is ListStatus.ARCHIVED:
         raise Conflict("the list is archived: it takes no new members")

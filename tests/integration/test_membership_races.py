@@ -5,11 +5,14 @@ mattered (a row lock) and asserts the state some serial order would give."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
+import pytest
 
-from tests.conftest import Api
-from tests.integration.test_members import make_list
+from tests.conftest import Api, RunJobs, wait_for_job
+from tests.integration.test_import import upload
+from tests.integration.test_members import make_list, make_sequence
 
 MEMBER = """
     INSERT INTO list_memberships AS m (list_id, contact_id, project_id, status)
@@ -79,3 +82,58 @@ async def test_two_writers_of_one_lists_memberships_do_not_deadlock(
     _, body = await api.get(f"/lists/{list_id}")
     assert body["data"]["member_count"] == 1  # joins; missing, unsubscribed after its subscribe
 
+
+async def submit_joining(api: Api, kind: str, list_id: int, contact_id: int, email: str) -> str:
+    """A job that joins one contact to the list: its id."""
+    if kind == "import":
+        status, body = await upload(api, f"email\n{email}\n".encode(), list_id=list_id)
+    elif kind == "add_members":
+        status, body = await api.post(f"/lists/{list_id}/members", {"contact_ids": [contact_id]})
+    else:
+        body_ = {"contact_ids": [contact_id], "list_id": list_id}
+        status, body = await api.post("/contacts/bulk-subscribe", body_)
+    assert status == 202, body
+    return str(body["data"]["id"])
+
+
+@pytest.mark.parametrize("kind", ["import", "add_members", "bulk_subscribe"])
+@pytest.mark.parametrize("change", ["delete", "unsubscribe"])
+async def test_a_contact_changed_while_a_job_joins_it_is_seen_changed(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection, database_url: str, kind: str, change: str
+) -> None:
+    """Another transaction holds the contact while the job looks it up, then deletes or
+    unsubscribes it and commits before the job writes the membership. Read without a lock,
+    the deleted contact failed the job (the membership's foreign key), and the unsubscribed
+    one became a subscribed member with no enrollment; now the job waits for it, and sees
+    it gone (not found) or unsubscribed (suppressed)."""
+    list_id = await make_list(api)
+    await make_sequence(api, list_id, "Welcome")  # which it must not enroll the contact in
+    email = "racer@example.com"
+    (contact_id,) = await contact_ids(api, email)
+    other = await asyncpg.connect(database_url)
+    try:
+        async with other.transaction():
+            await other.execute("SELECT FROM contacts WHERE id = $1 FOR UPDATE", contact_id)
+            job_id = await submit_joining(api, kind, list_id, contact_id, email)
+            running = asyncio.ensure_future(run_jobs())
+            await waiting_for_a_lock(db)
+            if change == "delete":
+                await other.execute("DELETE FROM contacts WHERE id = $1", contact_id)
+            else:
+                await other.execute(
+                    "UPDATE contacts SET status = 'unsubscribed' WHERE id = $1", contact_id
+                )
+        await running
+    finally:
+        await other.close()
+    job: dict[str, Any] = await wait_for_job(api, job_id)
+    assert job["status"] == "succeeded", job
+    expected = "not_found" if change == "delete" else "suppressed"
+    assert job["counts"].get(expected) == 1, job["counts"]
+    assert "added" not in job["counts"] and "subscribed" not in job["counts"]
+    _, errors = await api.get(f"/jobs/{job_id}/errors")
+    assert [e["code"] for e in errors["data"]] == [expected]
+    assert await db.fetchval("SELECT count(*) FROM list_memberships") == 0
+    assert await db.fetchval("SELECT count(*) FROM sequence_enrollments") == 0
+    _, body = await api.get(f"/lists/{list_id}")
+    assert body["data"]["member_count"] == 0

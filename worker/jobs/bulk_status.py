@@ -12,7 +12,7 @@ from listmill.records import JobKind, JobRow
 from listmill.validation import normalize_email
 
 from .base import BatchOutcome
-from .memberships import SUPPRESSED
+from .memberships import subscribable
 
 NOT_FOUND = "no contact with this id or email in this project"
 
@@ -165,13 +165,9 @@ async def apply_to_memberships(
             outcome.counts[key] += 1
         return
     # an explicit subscribe: new members and pending or unsubscribed ones become subscribed
-    ids = []
-    for contact_id, (row, email, status) in found.items():
-        if status == "subscribed":
-            ids.append(contact_id)
-        else:
-            outcome.error(row, email, "suppressed", SUPPRESSED.format(status=status))
-            outcome.counts["suppressed"] += 1
+    ids = await subscribable(
+        conn, job, {i: (row, email) for i, (row, email, _) in found.items()}, outcome
+    )
     if not ids:
         return
     result = await member_queries.add_members(

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from listmill.db import Connection
+from listmill.queries import contacts as contact_queries
 from listmill.queries import memberships as member_queries
 from listmill.queries.memberships import Consent
 from listmill.records import JobRow
@@ -13,6 +14,7 @@ from listmill.records import JobRow
 from .base import BatchOutcome
 
 SUPPRESSED = "the contact is {status} for all email: it is not added to lists"
+DELETED = "the contact was deleted while this job ran: it is not added to the list"
 
 
 @dataclass(frozen=True)
@@ -27,24 +29,42 @@ class Joining:
     moved_count: str = "updated"  # the count of the members moved
 
 
+async def subscribable(
+    conn: Connection,
+    job: JobRow,
+    targets: Mapping[int, tuple[int, str | None]],
+    outcome: BatchOutcome,
+) -> list[int]:
+    """Of the target contacts (id -> (row, email)), those that may join a list, locked until
+    the batch commits (contact_queries.lock_for_joining). The others are error rows: a
+    contact whose marketing status is not subscribed is suppressed, one deleted since it was
+    looked up is not found."""
+    statuses = await contact_queries.lock_for_joining(conn, job.project_id, list(targets))
+    kept = []
+    for contact_id, (row, email) in targets.items():
+        status = statuses.get(contact_id)
+        if status is None:
+            outcome.error(row, email, "not_found", DELETED)
+            outcome.counts["not_found"] += 1
+        elif status != "subscribed":
+            outcome.error(row, email, "suppressed", SUPPRESSED.format(status=status))
+            outcome.counts["suppressed"] += 1
+        else:
+            kept.append(contact_id)
+    return kept
+
+
 async def join_list(
     conn: Connection,
     job: JobRow,
     targets: Mapping[int, tuple[int, str | None]],
-    statuses: dict[int, str],
     joining: Joining,
     outcome: BatchOutcome,
 ) -> None:
-    """Add the target contacts (id -> (row, email)) to the list. Contacts whose marketing
-    status is not subscribed are skipped as suppressed; enrollment follows in this same
-    transaction. Counts: added, updated (moved_count), skipped, suppressed, enrolled."""
-    kept = []
-    for contact_id, (row, email) in targets.items():
-        if statuses[contact_id] == "subscribed":
-            kept.append(contact_id)
-        else:
-            outcome.error(row, email, "suppressed", SUPPRESSED.format(status=statuses[contact_id]))
-            outcome.counts["suppressed"] += 1
+    """Add the target contacts (id -> (row, email)) that may join (subscribable) to the list;
+    enrollment follows in this same transaction. Counts: added, updated (moved_count),
+    skipped, suppressed, not_found, enrolled."""
+    kept = await subscribable(conn, job, targets, outcome)
     if not kept:
         return
     result = await member_queries.add_members(
