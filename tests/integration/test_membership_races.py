@@ -137,3 +137,30 @@ async def test_a_contact_changed_while_a_job_joins_it_is_seen_changed(
     assert await db.fetchval("SELECT count(*) FROM sequence_enrollments") == 0
     _, body = await api.get(f"/lists/{list_id}")
     assert body["data"]["member_count"] == 0
+
+
+@pytest.mark.parametrize("change", ["delete", "unsubscribe"])
+async def test_put_membership_waits_for_a_change_of_its_contact(
+    api: Api, db: asyncpg.Connection, database_url: str, change: str
+) -> None:
+    """PUT /memberships, the same race: the contact gone is a 404, unsubscribed a 409."""
+    list_id = await make_list(api)
+    (contact_id,) = await contact_ids(api, "racer@example.com")
+    other = await asyncpg.connect(database_url)
+    try:
+        async with other.transaction():
+            await other.execute("SELECT FROM contacts WHERE id = $1 FOR UPDATE", contact_id)
+            body = {"list_id": list_id, "contact_id": contact_id}
+            answer = asyncio.ensure_future(api.put("/memberships", body))
+            await waiting_for_a_lock(db)
+            if change == "delete":
+                await other.execute("DELETE FROM contacts WHERE id = $1", contact_id)
+            else:
+                await other.execute(
+                    "UPDATE contacts SET status = 'unsubscribed' WHERE id = $1", contact_id
+                )
+        status, reply = await answer
+    finally:
+        await other.close()
+    assert status == (404 if change == "delete" else 409), reply
+    assert await db.fetchval("SELECT count(*) FROM list_memberships") == 0
