@@ -9,6 +9,7 @@ from __future__ import annotations
 import structlog
 
 from listmill.jobs.queue import wake_worker
+from listmill.queries import imports as import_queries
 from listmill.queries import jobs as queries
 from worker.context import WorkerContext
 
@@ -20,6 +21,11 @@ async def reap(ctx: WorkerContext) -> dict[str, int]:
     async with ctx["pool"].acquire() as conn:
         expired = await queries.reap_expired_leases(conn)
         stale = await queries.reap_stale_queued(conn, settings.job_stale_queued_seconds)
+        for job_id, status, _, _ in expired:
+            if status != "queued":  # it ended (cancelled, or out of attempts): as the runner does
+                await import_queries.discard_staging(
+                    conn, job_id, with_file=settings.import_file_retention_seconds == 0
+                )
     requeued = [
         (job_id, lane, attempts) for job_id, status, lane, attempts in expired if status == "queued"
     ]

@@ -96,11 +96,13 @@ async def _run_claimed(
         log.warning("job_lease_lost")
         return "lease_lost"
     except asyncio.CancelledError:
-        shutdown = _give_back(ctx, job, lease, "the worker shut down", delay=0, refund=True)
+        shutdown = _give_back(
+            ctx, job, payload, lease, "the worker shut down", delay=0, refund=True
+        )
         await asyncio.shield(shutdown)
         raise
     except TRANSIENT_ERRORS as exc:
-        return await _retry_or_fail(ctx, job, lease, exc)
+        return await _retry_or_fail(ctx, job, payload, lease, exc)
     except Exception as exc:
         status, error = JobStatus.FAILED, f"{type(exc).__name__}: {exc}"
         log.exception("job_failed", error=error)
@@ -108,11 +110,17 @@ async def _run_claimed(
     JOB_DURATION.labels(job.kind.value).observe(time.monotonic() - started)
     async with ctx["pool"].acquire() as conn:
         await queries.finish_job(conn, job.id, lease, status, error)
-        cleanup = plan_for(job.kind, payload, ctx["pool"], ctx["settings"]).cleanup
-        if cleanup is not None:
-            await cleanup(conn, job, ctx["settings"])
+        await _clean_up(ctx, conn, job, payload)
     log.info("job_finished", status=status, seconds=round(time.monotonic() - started, 3))
     return status.value
+
+
+async def _clean_up(ctx: WorkerContext, conn: Connection, job: JobRow, payload: Any) -> None:
+    """What the job's kind does once the job ended, however it ended (an import drops its
+    staged rows, and its file unless a retention keeps it)."""
+    cleanup = plan_for(job.kind, payload, ctx["pool"], ctx["settings"]).cleanup
+    if cleanup is not None:
+        await cleanup(conn, job, ctx["settings"])
 
 
 async def _apply_batches(
@@ -339,7 +347,9 @@ async def _heartbeat(ctx: WorkerContext, job_id: UUID, lease: UUID) -> None:
             return
 
 
-async def _retry_or_fail(ctx: WorkerContext, job: JobRow, lease: UUID, exc: BaseException) -> str:
+async def _retry_or_fail(
+    ctx: WorkerContext, job: JobRow, payload: Any, lease: UUID, exc: BaseException
+) -> str:
     message = f"{type(exc).__name__}: {exc}"
     if job.attempts >= job.max_attempts:
         log.error("job_failed", error=message, attempts=job.attempts, transient=True)
@@ -352,23 +362,33 @@ async def _retry_or_fail(ctx: WorkerContext, job: JobRow, lease: UUID, exc: Base
                     JobStatus.FAILED,
                     f"gave up after {job.attempts} attempts; last error: {message}",
                 )
+                await _clean_up(ctx, conn, job, payload)
         return JobStatus.FAILED.value
     JOB_RETRIES.labels(job.kind.value).inc()
     delay = retry_delay(ctx["settings"], job.attempts)
     log.warning("job_retry_scheduled", error=message, attempts=job.attempts, delay=round(delay, 2))
-    await _give_back(ctx, job, lease, message, delay)
+    await _give_back(ctx, job, payload, lease, message, delay)
     return "retry"
 
 
 async def _give_back(
-    ctx: WorkerContext, job: JobRow, lease: UUID, reason: str, delay: float, refund: bool = False
+    ctx: WorkerContext,
+    job: JobRow,
+    payload: Any,
+    lease: UUID,
+    reason: str,
+    delay: float,
+    refund: bool = False,
 ) -> None:
-    """Return the job to the queue; if Postgres or Redis is down, the reaper does it later."""
+    """Return the job to the queue (or end it, cancelled, if that was asked); if Postgres or
+    Redis is down, the reaper does it later."""
     with contextlib.suppress(*TRANSIENT_ERRORS):
         async with ctx["pool"].acquire() as conn:
             status = await queries.release_for_retry(
                 conn, job.id, lease, delay, reason, refund_attempt=refund
             )
+            if status == JobStatus.CANCELLED:
+                await _clean_up(ctx, conn, job, payload)
         if status == "queued":
             next_attempt = job.attempts if refund else job.attempts + 1
             await wake_worker(ctx["redis"], ctx["settings"], job.id, job.lane, next_attempt, delay)

@@ -11,11 +11,12 @@ from uuid import UUID
 
 from aiohttp import web
 
-from api.context import EVENTS, POOL, auth_of
+from api.context import EVENTS, POOL, SETTINGS, auth_of
 from api.http import data_response, page_response, parse_query, requires
 from api.models import JobQuery, PageQuery
 from listmill.errors import Conflict, NotFound
 from listmill.pagination import decode_cursor, decode_id_cursor, invalid_cursor, page_meta
+from listmill.queries import imports as import_queries
 from listmill.queries import jobs as queries
 from listmill.records import Job, JobRow, JobStatus, Progress
 
@@ -82,9 +83,12 @@ async def cancel_job(request: web.Request) -> web.Response:
     job = await _load(request)
     if job.status.finished:
         raise Conflict(f"the job has already finished ({job.status.value})")
-    async with request.app[POOL].acquire() as conn:
+    async with request.app[POOL].acquire() as conn, conn.transaction():
         cancelled = await queries.request_cancel(conn, job.project_id, job.id)
-    assert cancelled is not None
+        assert cancelled is not None
+        if cancelled.status == JobStatus.CANCELLED:  # it was queued (maybe for a retry): it ended
+            retention = request.app[SETTINGS].import_file_retention_seconds
+            await import_queries.discard_staging(conn, job.id, with_file=retention == 0)
     return data_response(Job.from_row(cancelled))
 
 

@@ -118,6 +118,14 @@ async def apply_retention(
             """,
             file_seconds,
         ),
+        # an ended import's staged rows go as it ends; these are of one whose worker died then
+        "staged_rows": (
+            """
+            DELETE FROM import_rows r USING jobs j WHERE r.job_id = j.id
+              AND j.finished_at < now() - make_interval(secs => $1::float8)
+            """,
+            0,
+        ),
     }
     removed = {}
     for name, (sql, age) in statements.items():

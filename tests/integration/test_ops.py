@@ -206,7 +206,9 @@ async def test_retention_removes_only_what_outlived_its_age(
         "UPDATE jobs SET finished_at = now() - interval '31 days' WHERE id = $1", old_job
     )
     removed = await apply_retention(worker_context)
-    assert removed == {"idempotency_keys": 1, "error_rows": 1, "jobs": 0, "file_chunks": 0}
+    assert removed == {
+        "idempotency_keys": 1, "error_rows": 1, "jobs": 0, "file_chunks": 0, "staged_rows": 0
+    }  # fmt: skip
     assert await db.fetchval("SELECT count(*) FROM job_errors") == 1
     await db.execute(
         "UPDATE jobs SET finished_at = now() - interval '91 days' WHERE id = $1", old_job
