@@ -291,17 +291,19 @@ async def find_by_ids(conn: Connection, project_id: int, ids: list[int]) -> dict
 
 
 async def lock_for_joining(conn: Connection, project_id: int, ids: list[int]) -> dict[int, str]:
-    """Lock the project's contacts among ``ids`` until the transaction ends (FOR SHARE, in id
-    order): id -> their marketing status now. Taken before their memberships are written, so
-    that a change of their status or their deletion by another transaction comes wholly
-    before the joining (and is seen here: a contact deleted meanwhile is absent) or wholly
-    after; read without the lock, an unsubscribe that committed in between left an
-    unsubscribed contact a subscribed member, and a deletion failed the job's insert."""
+    """Lock the project's contacts among ``ids`` against deletion until the transaction ends
+    (FOR KEY SHARE, in id order): id -> their marketing status now. Taken before their
+    memberships are written: a contact deleted meanwhile is absent (its membership's foreign
+    key failed the job), and one whose deletion is under way is waited for. The status read
+    here decides the joining: a change of it that commits later comes after the joining (a
+    status change does not touch memberships), which neither waits for the other (the lock
+    is the one the memberships' foreign key takes anyway, and two imports' merges of the same
+    contacts do not wait for it)."""
     rows = await fetch_planned(
         conn,
         """
         SELECT c.id, c.status FROM contacts c WHERE c.project_id = $1 AND c.id = ANY($2::bigint[])
-        ORDER BY c.id FOR SHARE
+        ORDER BY c.id FOR KEY SHARE
         """,
         project_id,
         ids,

@@ -167,7 +167,10 @@ async def enroll_in_list_sequences(
 ) -> int:
     """Enroll contacts who just became active members of ``list_id`` in every active sequence
     of the project triggered by that list; once per (sequence, contact), whatever retries
-    happen; only contacts whose marketing status is subscribed. Returns enrollments made."""
+    happen. Returns enrollments made. The callers join only contacts whose marketing status
+    was subscribed when they locked them (contact_queries.lock_for_joining); it is not read
+    again here: an unsubscribe that committed in between left a subscribed member that was
+    never enrolled, a state no order of the two gives."""
     if not contact_ids:
         return 0
     result = await execute_planned(
@@ -177,7 +180,6 @@ async def enroll_in_list_sequences(
         SELECT s.id, c.id, $1, $4
         FROM sequences s
         JOIN contacts c ON c.project_id = $1 AND c.id = ANY($3::bigint[])
-                       AND c.status = 'subscribed'
         WHERE s.project_id = $1 AND s.status = 'active'
           AND s.trigger_config ->> 'type' = 'list_added'
           AND s.trigger_config ->> 'list_id' = $2::bigint::text

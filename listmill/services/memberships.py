@@ -66,7 +66,7 @@ async def put_membership(
     contact_id, _ = await _contact(
         conn, project_id, target.get("contact_id"), target.get("contact")
     )
-    # its status as it stays until this commits (a deletion or an unsubscribe waits, or came)
+    # its status now, and no deletion of it until this commits (lock_for_joining)
     locked = await contact_queries.lock_for_joining(conn, project_id, [contact_id])
     if contact_id not in locked:
         raise NotFound(CONTACT_NOT_FOUND)
@@ -121,5 +121,8 @@ async def confirm(conn: Connection, list_id: int, contact_id: int) -> str | None
     status = await queries.confirm_member(conn, list_id, contact_id)
     project_id = await list_queries.project_of(conn, list_id)
     if status == "confirmed" and project_id is not None:
-        await queries.enroll_in_list_sequences(conn, project_id, list_id, [contact_id], None)
+        # enrolled only while the contact takes email at all
+        locked = await contact_queries.lock_for_joining(conn, project_id, [contact_id])
+        if locked.get(contact_id) == "subscribed":
+            await queries.enroll_in_list_sequences(conn, project_id, list_id, [contact_id], None)
     return status

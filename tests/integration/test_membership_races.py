@@ -101,11 +101,11 @@ async def submit_joining(api: Api, kind: str, list_id: int, contact_id: int, ema
 async def test_a_contact_changed_while_a_job_joins_it_is_seen_changed(
     api: Api, run_jobs: RunJobs, db: asyncpg.Connection, database_url: str, kind: str, change: str
 ) -> None:
-    """Another transaction holds the contact while the job looks it up, then deletes or
-    unsubscribes it and commits before the job writes the membership. Read without a lock,
-    the deleted contact failed the job (the membership's foreign key), and the unsubscribed
-    one became a subscribed member with no enrollment; now the job waits for it, and sees
-    it gone (not found) or unsubscribed (suppressed)."""
+    """Another transaction holds the contact (FOR UPDATE, as a deletion does) while the job
+    looks it up, then deletes or unsubscribes it and commits before the job writes the
+    membership. Read without a lock, the deleted contact failed the job (the membership's
+    foreign key), and the unsubscribed one became a subscribed member; now the job waits
+    for it, and sees it gone (not found) or unsubscribed (suppressed)."""
     list_id = await make_list(api)
     await make_sequence(api, list_id, "Welcome")  # which it must not enroll the contact in
     email = "racer@example.com"
@@ -137,6 +137,35 @@ async def test_a_contact_changed_while_a_job_joins_it_is_seen_changed(
     assert await db.fetchval("SELECT count(*) FROM sequence_enrollments") == 0
     _, body = await api.get(f"/lists/{list_id}")
     assert body["data"]["member_count"] == 0
+
+
+@pytest.mark.parametrize("kind", ["import", "add_members", "bulk_subscribe"])
+async def test_a_job_joins_beside_an_update_of_its_contact_without_waiting(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection, database_url: str, kind: str
+) -> None:
+    """An update of the contact (an unsubscribe, another import's merge) that has not
+    committed does not hold the job up: the status it read decides, and the update comes
+    after the joining, as if it had begun later. Member and enrolled, then unsubscribed."""
+    list_id = await make_list(api)
+    await make_sequence(api, list_id, "Welcome")
+    email = "racer@example.com"
+    (contact_id,) = await contact_ids(api, email)
+    other = await asyncpg.connect(database_url)
+    try:
+        async with other.transaction():
+            await other.execute(
+                "UPDATE contacts SET status = 'unsubscribed' WHERE id = $1", contact_id
+            )
+            job_id = await submit_joining(api, kind, list_id, contact_id, email)
+            await asyncio.wait_for(run_jobs(), 30)
+            job: dict[str, Any] = await wait_for_job(api, job_id)
+    finally:
+        await other.close()
+    assert job["status"] == "succeeded", job
+    assert job["counts"]["enrolled"] == 1, job["counts"]
+    assert await db.fetchval("SELECT status FROM contacts") == "unsubscribed"
+    assert await db.fetchval("SELECT status FROM list_memberships") == "subscribed"
+    assert await db.fetchval("SELECT count(*) FROM sequence_enrollments") == 1
 
 
 @pytest.mark.parametrize("change", ["delete", "unsubscribe"])
