@@ -600,9 +600,12 @@ async def _merge_unique(
 
 
 async def _copy_new(conn: Connection, job: JobRow, rows: Contacts, outcome: BatchOutcome) -> bool:
-    """COPY these rows in as new contacts, in one COPY in email order (so two imports of one
-    project insert in the same order, and never wait for each other the other way round),
-    and count them created; False, and nothing written or counted, if one of them exists."""
+    """COPY these rows in as new contacts, in one COPY in email order (an index fills fastest
+    so, and two imports of one project insert the same emails in the same order), and count
+    them created; False, and nothing written or counted, if one of them exists. A batch's
+    other statements (its merge, its held rows) each go in email order too, but one after
+    another: two imports of overlapping files can still wait for each other the other way
+    round, a deadlock Postgres ends, and the batch is retried (an attempt used)."""
     try:
         async with conn.transaction():  # a savepoint: a failed COPY leaves nothing
             await contact_queries.copy_new_text(conn, rows.copy_text(job.project_id))
