@@ -5,7 +5,8 @@ mattered (a row lock) and asserts the state some serial order would give."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -14,6 +15,7 @@ from tests.conftest import Api, RunJobs, wait_for_job
 from tests.integration.test_import import upload
 from tests.integration.test_members import make_list, make_sequence
 
+T = TypeVar("T")
 MEMBER = """
     INSERT INTO list_memberships AS m (list_id, contact_id, project_id, status)
     VALUES ($1, $2, $3, $4)
@@ -83,6 +85,33 @@ async def test_two_writers_of_one_lists_memberships_do_not_deadlock(
     assert body["data"]["member_count"] == 1  # joins; missing, unsubscribed after its subscribe
 
 
+async def changed_meanwhile(
+    db: asyncpg.Connection,
+    database_url: str,
+    contact_id: int,
+    change: str,
+    work: Callable[[], Awaitable[T]],
+) -> T:
+    """Run ``work`` while another transaction holds the contact (FOR UPDATE, as a deletion
+    does); once ``work`` waits for it, that transaction deletes or unsubscribes the contact
+    and commits. What ``work`` gave."""
+    other = await asyncpg.connect(database_url)
+    try:
+        async with other.transaction():
+            await other.execute("SELECT FROM contacts WHERE id = $1 FOR UPDATE", contact_id)
+            running = asyncio.ensure_future(work())
+            await waiting_for_a_lock(db)
+            if change == "delete":
+                await other.execute("DELETE FROM contacts WHERE id = $1", contact_id)
+            else:
+                await other.execute(
+                    "UPDATE contacts SET status = 'unsubscribed' WHERE id = $1", contact_id
+                )
+        return await running
+    finally:
+        await other.close()
+
+
 async def submit_joining(api: Api, kind: str, list_id: int, contact_id: int, email: str) -> str:
     """A job that joins one contact to the list: its id."""
     if kind == "import":
@@ -110,22 +139,8 @@ async def test_a_contact_changed_while_a_job_joins_it_is_seen_changed(
     await make_sequence(api, list_id, "Welcome")  # which it must not enroll the contact in
     email = "racer@example.com"
     (contact_id,) = await contact_ids(api, email)
-    other = await asyncpg.connect(database_url)
-    try:
-        async with other.transaction():
-            await other.execute("SELECT FROM contacts WHERE id = $1 FOR UPDATE", contact_id)
-            job_id = await submit_joining(api, kind, list_id, contact_id, email)
-            running = asyncio.ensure_future(run_jobs())
-            await waiting_for_a_lock(db)
-            if change == "delete":
-                await other.execute("DELETE FROM contacts WHERE id = $1", contact_id)
-            else:
-                await other.execute(
-                    "UPDATE contacts SET status = 'unsubscribed' WHERE id = $1", contact_id
-                )
-        await running
-    finally:
-        await other.close()
+    job_id = await submit_joining(api, kind, list_id, contact_id, email)
+    await changed_meanwhile(db, database_url, contact_id, change, run_jobs)
     job: dict[str, Any] = await wait_for_job(api, job_id)
     assert job["status"] == "succeeded", job
     expected = "not_found" if change == "delete" else "suppressed"
@@ -175,21 +190,9 @@ async def test_put_membership_waits_for_a_change_of_its_contact(
     """PUT /memberships, the same race: the contact gone is a 404, unsubscribed a 409."""
     list_id = await make_list(api)
     (contact_id,) = await contact_ids(api, "racer@example.com")
-    other = await asyncpg.connect(database_url)
-    try:
-        async with other.transaction():
-            await other.execute("SELECT FROM contacts WHERE id = $1 FOR UPDATE", contact_id)
-            body = {"list_id": list_id, "contact_id": contact_id}
-            answer = asyncio.ensure_future(api.put("/memberships", body))
-            await waiting_for_a_lock(db)
-            if change == "delete":
-                await other.execute("DELETE FROM contacts WHERE id = $1", contact_id)
-            else:
-                await other.execute(
-                    "UPDATE contacts SET status = 'unsubscribed' WHERE id = $1", contact_id
-                )
-        status, reply = await answer
-    finally:
-        await other.close()
+    body = {"list_id": list_id, "contact_id": contact_id}
+    status, reply = await changed_meanwhile(
+        db, database_url, contact_id, change, lambda: api.put("/memberships", body)
+    )
     assert status == (404 if change == "delete" else 409), reply
     assert await db.fetchval("SELECT count(*) FROM list_memberships") == 0
