@@ -292,13 +292,11 @@ async def find_by_ids(conn: Connection, project_id: int, ids: list[int]) -> dict
 
 async def lock_for_joining(conn: Connection, project_id: int, ids: list[int]) -> dict[int, str]:
     """Lock the project's contacts among ``ids`` against deletion until the transaction ends
-    (FOR KEY SHARE, in id order): id -> their marketing status now. Taken before their
-    memberships are written: a contact deleted meanwhile is absent (its membership's foreign
-    key failed the job), and one whose deletion is under way is waited for. The status read
-    here decides the joining: a change of it that commits later comes after the joining (a
-    status change does not touch memberships), which neither waits for the other (the lock
-    is the one the memberships' foreign key takes anyway, and two imports' merges of the same
-    contacts do not wait for it)."""
+    (FOR KEY SHARE, the lock a membership's foreign key takes, in id order): id -> their
+    marketing status now; a contact deleted meanwhile is absent, and one whose deletion is
+    under way is waited for. An update of them (a status change, an import's merge) is not
+    waited for. For a joining that met a contact deleted since it was read
+    (worker.jobs.memberships.add_members_present), and one of one contact (PUT /memberships)."""
     rows = await fetch_planned(
         conn,
         """

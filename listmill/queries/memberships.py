@@ -168,9 +168,9 @@ async def enroll_in_list_sequences(
     """Enroll contacts who just became active members of ``list_id`` in every active sequence
     of the project triggered by that list; once per (sequence, contact), whatever retries
     happen. Returns enrollments made. The callers join only contacts whose marketing status
-    was subscribed when they locked them (contact_queries.lock_for_joining); it is not read
-    again here: an unsubscribe that committed in between left a subscribed member that was
-    never enrolled, a state no order of the two gives."""
+    was subscribed when they read it, and it is not read again here: an unsubscribe that
+    committed in between left a subscribed member never enrolled, a state no order of the
+    two gives (with the status read deciding, the unsubscribe came after the joining)."""
     if not contact_ids:
         return 0
     result = await execute_planned(

@@ -18,13 +18,15 @@ NOT_FOUND = "no contact with this id in this project"
 
 async def _contact_ids(
     conn: Connection, job: JobRow, items: list[dict[str, Any]], outcome: BatchOutcome
-) -> dict[int, tuple[int, str | None]]:
-    """contact id -> (row number, email) for the items that name a contact of this project."""
+) -> tuple[dict[int, tuple[int, str | None]], dict[int, str]]:
+    """contact id -> (row number, email) for the items that name a contact of this project,
+    and contact id -> marketing status."""
     by_id = [item for item in items if "contact_id" in item]
     found = await contact_queries.find_by_ids(
         conn, job.project_id, [i["contact_id"] for i in by_id]
     )
     targets: dict[int, tuple[int, str | None]] = {}
+    statuses = dict(found)
     for item in by_id:
         if item["contact_id"] in targets:
             outcome.counts["duplicate"] += 1
@@ -57,19 +59,20 @@ async def _contact_ids(
         outcome.counts["contacts_created"] += sum(1 for _, _, created in merged if created)
         by_email = await contact_queries.find_by_emails(conn, job.project_id, list(rows))
         for normalized, row in rows.items():
-            contact_id, _ = by_email[normalized]
+            contact_id, status = by_email[normalized]
+            statuses[contact_id] = status
             if contact_id in targets:
                 outcome.counts["duplicate"] += 1
             else:
                 targets[contact_id] = (row["row"], row["email"])
-    return targets
+    return targets, statuses
 
 
 async def apply_add_members(
     conn: Connection, job: JobRow, items: list[Any], first: int
 ) -> BatchOutcome:
     outcome = BatchOutcome()
-    targets = await _contact_ids(conn, job, items, outcome)
+    targets, statuses = await _contact_ids(conn, job, items, outcome)
     if targets:
         params = job.params
         joining = Joining(
@@ -79,5 +82,5 @@ async def apply_add_members(
             source=params["source"],
             trigger_sequences=params["trigger_sequences"],
         )
-        await join_list(conn, job, targets, joining, outcome)
+        await join_list(conn, job, targets, statuses, joining, outcome)
     return outcome

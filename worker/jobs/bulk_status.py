@@ -12,7 +12,7 @@ from listmill.records import JobKind, JobRow
 from listmill.validation import normalize_email
 
 from .base import BatchOutcome
-from .memberships import subscribable
+from .memberships import add_members_present, subscribable
 
 NOT_FOUND = "no contact with this id or email in this project"
 
@@ -165,13 +165,13 @@ async def apply_to_memberships(
             outcome.counts[key] += 1
         return
     # an explicit subscribe: new members and pending or unsubscribed ones become subscribed
-    ids = await subscribable(
-        conn, job, {i: (row, email) for i, (row, email, _) in found.items()}, outcome
-    )
+    targets = {contact_id: (row, email) for contact_id, (row, email, _) in found.items()}
+    statuses = {contact_id: status for contact_id, (_, _, status) in found.items()}
+    ids = subscribable(targets, statuses, outcome)
     if not ids:
         return
-    result = await member_queries.add_members(
-        conn, job.project_id, list_id, ids,
+    result = await add_members_present(
+        conn, job, list_id, ids, targets, outcome,
         new_status="subscribed", requested_status="subscribed", source="api",
     )  # fmt: skip
     for before, changed in result.values():

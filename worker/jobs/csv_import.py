@@ -655,7 +655,8 @@ async def _join(
     # a contact deleted by someone else since its row was merged is not joined: as if the
     # deletion came after this batch (which it did, or the merge would have made it again)
     targets = {found[email][0]: (row, shown) for email, row, shown in rows if email in found}
-    await join_list(conn, job, targets, _joining(params), outcome)
+    statuses = {contact_id: status for contact_id, status in found.values()}
+    await join_list(conn, job, targets, statuses, _joining(params), outcome)
 
 
 def _joining(params: dict[str, Any]) -> Joining:
