@@ -56,6 +56,7 @@ async def add_members(
     allowed = allowed_from(MemberStatus(requested_status)) if requested_status else []
     if moved_from is not None:
         allowed = list(moved_from)
+    await share_list(conn, list_id)
     rows = await fetch_planned(
         conn,
         """
@@ -105,6 +106,24 @@ async def add_members(
         consent.ip,
     )
     return {r["contact_id"]: (r["before"], r["changed"]) for r in rows}
+
+
+async def share_list(conn: Connection, list_id: int) -> None:
+    """Take the list's row FOR KEY SHARE until the transaction ends (the lock a new
+    membership's foreign key takes anyway), before any of its memberships is written: such
+    writers do not wait for each other, and a mirror import's unsubscribe (take_list) waits
+    for them all to commit and keeps new ones out until it commits."""
+    await conn.execute("SELECT FROM lists WHERE id = $1 FOR KEY SHARE", list_id)
+
+
+async def take_list(conn: Connection, list_id: int) -> None:
+    """Take the list's row FOR UPDATE until the transaction ends, before any of its
+    memberships is written: no other writer of its memberships (share_list) is under way
+    meanwhile. For a mirror import's unsubscribe of the members its file lacks: a statement
+    that updates rows sees the rows another transaction updates once it commits, but not the
+    rows that transaction inserts, so a bulk subscribe committing meanwhile was split in two,
+    its existing members unsubscribed and its new ones left subscribed."""
+    await conn.execute("SELECT FROM lists WHERE id = $1 FOR UPDATE", list_id)
 
 
 def newly_active(

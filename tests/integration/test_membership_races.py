@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 
+from listmill.queries import memberships as member_queries
 from tests.conftest import Api, RunJobs, wait_for_job
 from tests.integration.test_import import upload
 from tests.integration.test_members import make_list, make_sequence
@@ -202,3 +203,39 @@ async def test_put_membership_waits_for_a_change_of_its_contact(
     )
     assert status == (404 if change == "delete" else 409), reply
     assert await db.fetchval("SELECT count(*) FROM list_memberships") == 0
+
+
+async def test_a_mirror_import_sees_a_bulk_subscribe_committed_meanwhile_whole(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection, database_url: str
+) -> None:
+    """A bulk subscribe of two contacts the file lacks, one a subscribed member already (its
+    row locked, unchanged) and one new, commits while the mirror import's last batch is under
+    way. The mirror's unsubscribe saw the member (it waited for its row) but not the one
+    inserted: the bulk subscribe was split in two, one contact unsubscribed as if after it
+    and one subscribed as if before. Now the mirror waits for it before its batch writes a
+    membership, and unsubscribes both."""
+    list_id = await make_list(api)
+    kept, existing, new = await contact_ids(
+        api, "kept@example.com", "existing@example.com", "new@example.com"
+    )
+    await db.execute(MEMBER, list_id, existing, api.project_id, "subscribed")
+    status, body = await upload(api, b"email\nkept@example.com\n", list_id=list_id, mode="mirror")
+    assert status == 202, body
+    bulk = await asyncpg.connect(database_url)
+    try:
+        async with bulk.transaction():
+            await member_queries.add_members(
+                bulk, api.project_id, list_id, [existing, new],
+                new_status="subscribed", requested_status="subscribed", source="api",
+            )  # fmt: skip
+            running = asyncio.ensure_future(run_jobs())
+            await waiting_for_a_lock(db)
+        await running
+    finally:
+        await bulk.close()
+    job = await wait_for_job(api, body["data"]["id"])
+    assert job["counts"]["unsubscribed"] == 2, job["counts"]
+    statuses = dict(await db.fetch("SELECT contact_id, status FROM list_memberships"))
+    assert statuses == {kept: "subscribed", existing: "unsubscribed", new: "unsubscribed"}
+    _, answer = await api.get(f"/lists/{list_id}")
+    assert answer["data"]["member_count"] == 1

@@ -38,6 +38,7 @@ from listmill.keyhash import key_hashes, legacy_key_hashes, text_hashes
 from listmill.knowncontacts import KnownContacts, read_known, worth_reading
 from listmill.queries import contacts as contact_queries
 from listmill.queries import imports as queries
+from listmill.queries import memberships as member_queries
 from listmill.queries.memberships import JOINING, Consent
 from listmill.records import JobRow
 from listmill.settings import Settings
@@ -533,6 +534,13 @@ async def _apply_batch(
     """Write the batch (see _merge_unique, unless merged ahead); whether all its unique rows
     were new contacts."""
     outcome, mode = batch.outcome, _mode(job)
+    # the list whose members the file lacks this batch unsubscribes: a mirror's last batch,
+    # unless the file ends inside a quoted field (cut short, maybe: who was after the cut is
+    # not known, and nobody is unsubscribed)
+    last = batch.upto == job.total and not batch.cut_short
+    mirrored = job.params.get("list_id") if job.params["mode"] == "mirror" and last else None
+    if mirrored is not None:  # before this batch writes any membership (see take_list)
+        await member_queries.take_list(conn, mirrored)
     if batch.merged is None:
         batch.merged, batch.none_existed = await _merge_unique(conn, job, batch, all_new)
     await _join(conn, job, batch.merged, outcome)
@@ -542,13 +550,9 @@ async def _apply_batch(
         counts = await contact_queries.merge_held(conn, job.project_id, job.id, completed, mode)
         _count(outcome, *counts)
         await _join(conn, job, held, outcome)
-    list_id = job.params.get("list_id")
-    last = batch.upto == job.total
-    # a file that ends inside a quoted field (cut short, maybe: who was after the cut is not
-    # known) unsubscribes nobody
-    if job.params["mode"] == "mirror" and list_id is not None and last and not batch.cut_short:
+    if mirrored is not None:
         outcome.counts["unsubscribed"] += await queries.mirror_unsubscribe(
-            conn, job.project_id, list_id, job.id
+            conn, job.project_id, mirrored, job.id
         )
     return batch.none_existed
 
