@@ -19,10 +19,14 @@ Exit status 1 if a job did not succeed or its counts are not the expected ones.
 "counted" is when the job's first pass had counted the file's rows (its total was known).
 
 Usage: .venv/bin/python bench/import_throughput.py [--rows 1000000] [--skip copy,half-new]
-       [--split-lanes] [--quote-all]
+       [--split-lanes] [--quote-all] [--list]
 
 --quote-all quotes every field, as some exports do: such a file takes the row-by-row path
 (csvcolumns takes only blocks without quotes).
+
+--list imports the large files into a list (`list_id`) with an active sequence on it: their
+contacts join it and are enrolled (a re-import then finds every one a member). The import ÷
+COPY ratio is then of an import that writes memberships and enrollments too.
 """
 
 from __future__ import annotations
@@ -92,6 +96,7 @@ class Config:
     own_workdir: bool  # made by this run: removed at the end
     split_lanes: bool = False  # one worker process per lane: the import's is worker:large
     quote_all: bool = False  # every field quoted, as some exports do: the row-by-row path
+    list_import: bool = False  # the large files go into a list with a sequence on it
 
 
 @dataclass
@@ -177,15 +182,24 @@ def _stamp(value: str) -> float:
 
 
 async def run_import(
-    api: Api, cfg: Config, name: str, path: Path, rows: int, expected: dict[str, int], pids: Any
+    api: Api,
+    cfg: Config,
+    name: str,
+    path: Path,
+    rows: int,
+    expected: dict[str, int],
+    pids: Any,
+    list_id: int | None = None,
 ) -> ImportRun:
-    """POST the file as a text/csv body streamed from disk, poll until the job finished;
-    the peak RSS of the service's processes meanwhile."""
+    """POST the file as a text/csv body streamed from disk (into the list, if given), poll
+    until the job finished; the peak RSS of the service's processes meanwhile."""
     async with RssPeaks(pids) as rss:
         start = time.perf_counter()
         with path.open("rb") as body:
             headers = {**api.headers, "Content-Type": "text/csv"}
             url = f"{api.base}{API}/contacts/import"
+            if list_id is not None:
+                url += f"?list_id={list_id}"
             async with api.session.post(url, data=body, headers=headers) as resp:
                 text = await resp.text()
                 if resp.status != 202:
@@ -317,6 +331,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
         action="store_true",
         help="quote every field of the files, as some exports do (the row-by-row parsing path)",
     )
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="import the large files into a list with a sequence on it (joins, enrollments)",
+    )
     add_service_args(parser, port=18081)
     args = parser.parse_args(argv)
     skip = frozenset(filter(None, args.skip.split(",")))
@@ -330,6 +349,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         svc=service_of(args, limits), rows=args.rows, small_rows=args.small_rows, skip=skip,
         bulk_jobs=args.bulk_jobs, job_timeout=args.job_timeout, workdir=workdir,
         own_workdir=args.workdir is None, split_lanes=args.split_lanes, quote_all=args.quote_all,
+        list_import=args.list,
     )  # fmt: skip
 
 
@@ -343,13 +363,29 @@ class Session:
     side: Api
     pids: dict[str, int]
     files: dict[str, Path] = field(default_factory=dict)
+    list_id: int | None = None  # with --list: the large files' list
 
     async def imported(
         self, name: str, file: str, rows: int, expected: dict[str, int]
     ) -> ImportRun:
+        """Import the file; ``expected`` counts contacts (with --list, its joins are added:
+        each new contact joins the list and is enrolled, each other one is a member already)."""
         await sql(self.cfg, "CHECKPOINT")
-        api = self.small if name == "small" else self.api
-        return await run_import(api, self.cfg, name, self.files[file], rows, expected, self.pids)
+        api, list_id = (self.small, None) if name == "small" else (self.api, self.list_id)
+        if list_id is not None:
+            created, unchanged = expected.get("created", 0), expected.get("unchanged", 0)
+            expected = expected | {"added": created, "enrolled": created, "skipped": unchanged}
+            expected = {k: v for k, v in expected.items() if v}
+        path = self.files[file]
+        return await run_import(api, self.cfg, name, path, rows, expected, self.pids, list_id)
+
+    async def make_list(self) -> None:
+        """The large files' list, and an active sequence that enrolls whoever joins it."""
+        made = await self.api.call("POST", f"{API}/lists", {"name": "bench"}, expect=(201,))
+        self.list_id = int(made["data"]["id"])
+        trigger = {"type": "list_added", "list_id": self.list_id}
+        sequence = {"name": "bench", "trigger_config": trigger}
+        await self.api.call("POST", f"{API}/sequences", sequence, expect=(201,))
 
 
 def generate(cfg: Config) -> dict[str, Path]:
@@ -372,6 +408,8 @@ async def measure(cfg: Config, keys: dict[str, str], procs: dict[str, Any]) -> d
         s = Session(cfg, apis["main"], apis["small"], apis["side"], pids={})
         s.pids = {role: proc.pid for role, proc in procs.items()}
         s.files = generate(cfg)
+        if cfg.list_import:
+            await s.make_list()
         return await scenarios(s)
 
 
@@ -428,6 +466,7 @@ def summarize(cfg: Config, measured: dict[str, Any]) -> dict[str, Any]:
         "rows": cfg.rows,
         "small_rows": cfg.small_rows,
         "worker_processes": "one per lane" if cfg.split_lanes else "one for both lanes",
+        "into_a_list": cfg.list_import,
         "imports": {name: run_figures(run) for name, run in runs.items()},
         "failed_jobs": [name for name, run in runs.items() if not run.ok],
     }
@@ -474,7 +513,8 @@ def run_figures(run: ImportRun) -> dict[str, Any]:
 
 def print_report(r: dict[str, Any]) -> None:
     print(f"\nlistmill import throughput, {r['rows']:,} rows, {r['cpus']} CPUs, {r['date']}, "
-          f"worker processes: {r['worker_processes']}")  # fmt: skip
+          f"worker processes: {r['worker_processes']}"
+          + (", the large files into a list" if r["into_a_list"] else ""))  # fmt: skip
     print(f"{'':<10}{'rows':>10}{'rows/s':>10}{'seconds':>9}{'uploaded':>9}{'counted':>8}"
           f"{'web MB':>8}{'worker MB':>10}  counts")  # fmt: skip
     for name, f in r["imports"].items():
