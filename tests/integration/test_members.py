@@ -421,3 +421,20 @@ async def test_member_endpoints_are_tenant_isolated(
     assert (await other_api.delete("/memberships", target))[0] == 404
     _, member = await api.get(f"/lists/{list_id}/members/{contact_id}")
     assert member["data"]["status"] == "subscribed"
+
+
+async def test_deleting_a_project_deletes_its_memberships_and_enrollments(
+    api: Api, db: asyncpg.Connection
+) -> None:
+    """Their project_id has no foreign key (schema.sql): they go with their list or sequence
+    and their contact, each of which goes with the project."""
+    list_id = await make_list(api)
+    await make_sequence(api, list_id, "Welcome")
+    status, body = await api.put(
+        "/memberships", {"list_id": list_id, "contact": {"email": "gone@example.com"}}
+    )
+    assert status == 201, body
+    assert await db.fetchval("SELECT count(*) FROM sequence_enrollments") == 1
+    await db.execute("DELETE FROM projects WHERE id = $1", api.project_id)
+    assert await db.fetchval("SELECT count(*) FROM list_memberships") == 0
+    assert await db.fetchval("SELECT count(*) FROM sequence_enrollments") == 0
