@@ -24,7 +24,7 @@ async def reap(ctx: WorkerContext) -> dict[str, int]:
         for job_id, status, _, _ in expired:
             if status != "queued":  # it ended (cancelled, or out of attempts): as the runner does
                 await import_queries.discard_staging(
-                    conn, job_id, with_file=settings.import_file_retention_seconds == 0
+                    conn, job_id, settings.import_file_retention_seconds
                 )
     requeued = [
         (job_id, lane, attempts) for job_id, status, lane, attempts in expired if status == "queued"

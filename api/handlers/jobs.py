@@ -88,7 +88,7 @@ async def cancel_job(request: web.Request) -> web.Response:
         assert cancelled is not None
         if cancelled.status == JobStatus.CANCELLED:  # it was queued (maybe for a retry): it ended
             retention = request.app[SETTINGS].import_file_retention_seconds
-            await import_queries.discard_staging(conn, job.id, with_file=retention == 0)
+            await import_queries.discard_staging(conn, job.id, retention)
     return data_response(Job.from_row(cancelled))
 
 

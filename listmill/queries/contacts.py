@@ -295,8 +295,9 @@ async def lock_for_joining(conn: Connection, project_id: int, ids: list[int]) ->
     (FOR KEY SHARE, the lock a membership's foreign key takes, in id order): id -> their
     marketing status now; a contact deleted meanwhile is absent, and one whose deletion is
     under way is waited for. An update of them (a status change, an import's merge) is not
-    waited for. For a joining that met a contact deleted since it was read
-    (worker.jobs.memberships.add_members_present), and one of one contact (PUT /memberships)."""
+    waited for. Taken where a deletion would fail a membership's or enrollment's insert:
+    a batch's joining that met one (worker.jobs.memberships.add_members_present), and
+    PUT /memberships and a double opt-in confirmation, one contact each."""
     rows = await fetch_planned(
         conn,
         """

@@ -112,7 +112,9 @@ async def mirror_unsubscribe(conn: Connection, project_id: int, list_id: int, jo
     return int(result.split()[-1])
 
 
-async def discard_staging(conn: Connection, job_id: UUID, with_file: bool) -> None:
+async def discard_staging(conn: Connection, job_id: UUID, file_retention_seconds: int) -> None:
+    """An ended import's staged rows, and its file unless a retention keeps it (the retention
+    cron deletes it then)."""
     await conn.execute("DELETE FROM import_rows WHERE job_id = $1", job_id)
-    if with_file:
+    if file_retention_seconds == 0:
         await conn.execute("DELETE FROM job_file_chunks WHERE job_id = $1", job_id)

@@ -689,9 +689,7 @@ def _joining(params: dict[str, Any]) -> Joining:
 async def cleanup_import(conn: Connection, job: JobRow, settings: Settings) -> None:
     """Staged rows go at once; the file too unless a retention period keeps it for a while.
     A real import may have grown contacts a lot: its statistics are refreshed."""
-    await queries.discard_staging(
-        conn, job.id, with_file=settings.import_file_retention_seconds == 0
-    )
+    await queries.discard_staging(conn, job.id, settings.import_file_retention_seconds)
     if not job.params["dry_run"]:
         await contact_queries.refresh_statistics(conn)
 
