@@ -285,6 +285,15 @@ async def workers(settings: Settings, worker_context: WorkerContext) -> AsyncIte
     await stop_workers(running, tasks)
 
 
+async def analyze_count(db: asyncpg.Connection) -> int:
+    """How many times contacts was ANALYZEd by a command (autovacuum's runs not counted)."""
+    await db.execute("SELECT pg_stat_clear_snapshot()")
+    count = await db.fetchval(
+        "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'contacts'"
+    )
+    return int(count)
+
+
 async def wait_for_job(api: Api, job_id: str, timeout: float = 30) -> dict[str, Any]:
     """Poll the job until it ends, as an integrator would."""
     loop = asyncio.get_running_loop()

@@ -321,7 +321,7 @@ _BY_EMAILS = "FROM contacts c WHERE c.project_id = $1 AND c.email_normalized = A
 
 # An import's lookup per batch, three times faster than `= ANY` (a nested loop, one probe of
 # the unique index per email; LIMIT 1 keeps it a loop), but only while the statistics know
-# the project: the import sees to that (keep_statistics) before each of its batches.
+# the project: the import sees to that (keep_statistics) before a batch's first lookup.
 async def find_by_emails(
     conn: Connection, project_id: int, emails_normalized: list[str]
 ) -> dict[str, tuple[int, str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from tests.conftest import Api, RunJobs, wait_for_job
+from tests.conftest import Api, RunJobs, analyze_count, wait_for_job
 
 
 async def test_healthz_needs_no_key(api: Api) -> None:
@@ -34,15 +34,6 @@ async def test_contact_upsert_then_bulk_unsubscribe(api: Api, run_jobs: RunJobs)
     assert job["counts"] == {"unsubscribed": 1, "not_found": 1}
     status, body = await api.get(f"/contacts/{contact_id}")
     assert body["data"]["status"] == "unsubscribed"
-
-
-async def analyze_count(db: asyncpg.Connection) -> int:
-    """How many times contacts was ANALYZEd by a command (autovacuum's runs not counted)."""
-    await db.execute("SELECT pg_stat_clear_snapshot()")
-    count = await db.fetchval(
-        "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'contacts'"
-    )
-    return int(count)
 
 
 async def test_jobs_that_grow_contacts_refresh_its_statistics(

@@ -414,6 +414,9 @@ class _ImportRun:
             reading = asyncio.create_task(self._read_known(job.project_id))
         try:
             self.known = await contact_queries.count_project(conn, job.project_id)
+            # before the batches, two of which look up at a time: each would take the ANALYZE
+            # (the preparation commits first; a resumed job's first batch takes it)
+            await _planned(conn, job, self.known)
             keys = await file_key_hashes(conn, job, self.hashes)
             # sorts of 8 bytes a row, in a thread: numpy lets go of the GIL to sort, and this
             # loop serves other jobs meanwhile (1,000,000 rows: about 200 ms)
@@ -444,7 +447,6 @@ class _ImportRun:
             if self.repeats is None:  # a resumed job: its first pass is made again
                 self.hashes = await _hashes_of(conn, job)
                 self.repeats = await self._first_pass(conn, job)
-            await contact_queries.keep_statistics(conn, job.project_id, self.known)
             self.all_new = self.known == 0
             settings = self.settings
             error_cap = 0 if self.counted else settings.job_error_cap
@@ -473,7 +475,9 @@ class _ImportRun:
         are merged in apply_range (a savepoint, the staged rows)."""
         batch = self.taken[after]
         if not job.params["dry_run"] and job.params["mode"] != "mirror":
-            batch.merged, batch.none_existed = await _merge_unique(conn, job, batch, self.all_new)
+            batch.merged, batch.none_existed = await _merge_unique(
+                conn, job, batch, self.all_new, self.known
+            )
             self.all_new = batch.none_existed
 
     async def apply_range(
@@ -496,14 +500,15 @@ class _ImportRun:
             outcome.errors_dropped = 0
         if not job.params["dry_run"]:
             merged_ahead = batch.merged is not None  # then write_ahead set all_new already
-            none_existed = await _apply_batch(conn, job, batch, completed, self.all_new)
+            none_existed = await _apply_batch(conn, job, batch, completed, self.all_new, self.known)
             self.all_new = self.all_new if merged_ahead else none_existed
             self.known += outcome.counts["created"]
-            await contact_queries.keep_statistics(conn, job.project_id, self.known)
             return outcome
         try:
             async with conn.transaction():  # a savepoint: everything is computed, nothing kept
-                self.all_new = await _apply_batch(conn, job, batch, completed, self.all_new)
+                self.all_new = await _apply_batch(
+                    conn, job, batch, completed, self.all_new, self.known
+                )
                 raise _DryRun()
         except _DryRun:
             pass
@@ -529,10 +534,10 @@ async def _hashes_of(conn: Connection, job: JobRow) -> KeyHashes:
 
 
 async def _apply_batch(
-    conn: Connection, job: JobRow, batch: _Batch, completed: list[int], all_new: bool
+    conn: Connection, job: JobRow, batch: _Batch, completed: list[int], all_new: bool, known: int
 ) -> bool:
     """Write the batch (see _merge_unique, unless merged ahead); whether all its unique rows
-    were new contacts."""
+    were new contacts. ``known``: how many contacts the project has at least (_planned)."""
     outcome, mode = batch.outcome, _mode(job)
     # the list whose members the file lacks this batch unsubscribes: a mirror's last batch,
     # unless the file ends inside a quoted field (cut short, maybe: who was after the cut is
@@ -542,7 +547,9 @@ async def _apply_batch(
     if mirrored is not None:  # before this batch writes any membership (see take_list)
         await member_queries.take_list(conn, mirrored)
     if batch.merged is None:
-        batch.merged, batch.none_existed = await _merge_unique(conn, job, batch, all_new)
+        batch.merged, batch.none_existed = await _merge_unique(conn, job, batch, all_new, known)
+    if completed or job.params.get("list_id") is not None:  # looked up by email: the joins too
+        await _planned(conn, job, known)
     await _join(conn, job, batch.merged, outcome)
     if completed:
         held = await queries.held_emails(conn, job.id, completed)
@@ -558,7 +565,7 @@ async def _apply_batch(
 
 
 async def _merge_unique(
-    conn: Connection, job: JobRow, batch: _Batch, all_new: bool
+    conn: Connection, job: JobRow, batch: _Batch, all_new: bool, known: int
 ) -> tuple[list[tuple[str, int, str]], bool]:
     """Merge the batch's rows whose email no other row has; their (email_normalized,
     row_number, email) in file order if they are to be joined to anything, and whether all
@@ -571,6 +578,8 @@ async def _merge_unique(
     if batch.unique:
         rows = concat([rows, contacts_of([r[1:10] for r in batch.unique])])
     none_existed = True
+    if job.params["resubscribe"] or job.params["mode"] == "mirror":  # both look up by email
+        await _planned(conn, job, known)
     await _count_resubscribed(conn, job, rows, outcome)
     if job.params["mode"] == "mirror":
         counts = await contact_queries.merge_staged(
@@ -588,6 +597,7 @@ async def _merge_unique(
         if len(to_copy) and not await _copy_new(conn, job, to_copy, outcome):
             to_merge = concat([to_merge, to_copy])
         if to_merge:
+            await _planned(conn, job, known)
             created, changed = await contact_queries.merge_text(
                 conn, job.project_id, to_merge.copy_text(job.project_id), mode
             )
@@ -617,6 +627,15 @@ async def _copy_new(conn: Connection, job: JobRow, rows: Contacts, outcome: Batc
         return False
     outcome.counts["created"] += len(rows)
     return True
+
+
+async def _planned(conn: Connection, job: JobRow, known: int) -> None:
+    """Before a batch first looks contacts up by email: statistics that know the project
+    has ``known`` contacts at least (keep_statistics), or the lookups may be planned as a walk
+    of the whole project per email. Rows COPYed in as new look nothing up: a new project's
+    import takes no ANALYZE while each of its batches is COPYed (about 100 ms each, five of
+    them in a 1,000,000-row import)."""
+    await contact_queries.keep_statistics(conn, job.project_id, known)
 
 
 def _mode(job: JobRow) -> str:
