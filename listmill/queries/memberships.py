@@ -14,10 +14,12 @@ from uuid import UUID
 
 from listmill.consent import MemberStatus, allowed_from
 from listmill.db import Connection, execute_planned, fetch_planned
+from listmill.errors import NotFound
 from listmill.queries import lists
 from listmill.records import Membership
 
 ACTIVE = ("subscribed", "confirmed")
+LIST_DELETED = "the list was deleted"
 JOINING = frozenset({"pending", "subscribed", "confirmed"})  # statuses that would mail it
 MEMBER_COLUMNS = """
     m.list_id, m.contact_id, m.status, m.source, m.subscribed_at, m.confirmed_at,
@@ -109,11 +111,17 @@ async def add_members(
 
 
 async def share_list(conn: Connection, list_id: int) -> None:
-    """Take the list's row FOR KEY SHARE until the transaction ends (the lock a new
-    membership's foreign key takes anyway), before any of its memberships is written: such
-    writers do not wait for each other, and a mirror import's unsubscribe (take_list) waits
-    for them all to commit and keeps new ones out until it commits."""
-    await conn.execute("SELECT FROM lists WHERE id = $1 FOR KEY SHARE", list_id)
+    """Take the list's row FOR KEY SHARE until the transaction ends, before any of its
+    memberships is written: such writers do not wait for each other, a mirror import's
+    unsubscribe (take_list) waits for them all to commit and keeps new ones out until it
+    commits, and the list cannot be deleted meanwhile (list_memberships.list_id has no
+    foreign key: this is the lock its check took per row). NotFound if it was deleted."""
+    await _lock_list(conn, list_id, "FOR KEY SHARE")
+
+
+async def _lock_list(conn: Connection, list_id: int, strength: str) -> None:
+    if await conn.fetchval(f"SELECT id FROM lists WHERE id = $1 {strength}", list_id) is None:
+        raise NotFound(LIST_DELETED)
 
 
 async def take_list(conn: Connection, list_id: int) -> None:
@@ -122,8 +130,9 @@ async def take_list(conn: Connection, list_id: int) -> None:
     meanwhile. For a mirror import's unsubscribe of the members its file lacks: a statement
     that updates rows sees the rows another transaction updates once it commits, but not the
     rows that transaction inserts, so a bulk subscribe committing meanwhile was split in two,
-    its existing members unsubscribed and its new ones left subscribed."""
-    await conn.execute("SELECT FROM lists WHERE id = $1 FOR UPDATE", list_id)
+    its existing members unsubscribed and its new ones left subscribed. NotFound if it was
+    deleted."""
+    await _lock_list(conn, list_id, "FOR UPDATE")
 
 
 def newly_active(
@@ -189,19 +198,27 @@ async def enroll_in_list_sequences(
     happen. Returns enrollments made. The callers join only contacts whose marketing status
     was subscribed when they read it, and it is not read again here: an unsubscribe that
     committed in between left a subscribed member never enrolled, a state no order of the
-    two gives (with the status read deciding, the unsubscribe came after the joining)."""
+    two gives (with the status read deciding, the unsubscribe came after the joining).
+    The sequences and the job are taken FOR KEY SHARE, once (their enrollments have no
+    foreign key to them, see schema.sql): a sequence deleted meanwhile enrolls nobody, and a
+    job deleted meanwhile leaves its enrollments without one, as its deletion would have."""
     if not contact_ids:
         return 0
     result = await execute_planned(
         conn,
         """
+        WITH triggered AS (
+            SELECT s.id FROM sequences s
+            WHERE s.project_id = $1 AND s.status = 'active'
+              AND s.trigger_config ->> 'type' = 'list_added'
+              AND s.trigger_config ->> 'list_id' = $2::bigint::text
+            FOR KEY SHARE
+        ),
+        job AS (SELECT id FROM jobs WHERE id = $4 FOR KEY SHARE)
         INSERT INTO sequence_enrollments (sequence_id, contact_id, project_id, job_id)
-        SELECT s.id, c.id, $1, $4
-        FROM sequences s
+        SELECT s.id, c.id, $1, (SELECT id FROM job)
+        FROM triggered s
         JOIN contacts c ON c.project_id = $1 AND c.id = ANY($3::bigint[])
-        WHERE s.project_id = $1 AND s.status = 'active'
-          AND s.trigger_config ->> 'type' = 'list_added'
-          AND s.trigger_config ->> 'list_id' = $2::bigint::text
         ON CONFLICT (sequence_id, contact_id) DO NOTHING
         """,
         project_id,

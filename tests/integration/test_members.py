@@ -438,3 +438,36 @@ async def test_deleting_a_project_deletes_its_memberships_and_enrollments(
     await db.execute("DELETE FROM projects WHERE id = $1", api.project_id)
     assert await db.fetchval("SELECT count(*) FROM list_memberships") == 0
     assert await db.fetchval("SELECT count(*) FROM sequence_enrollments") == 0
+
+
+async def test_a_lists_memberships_and_a_sequences_enrollments_go_with_it(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    """They have no foreign key to it (schema.sql): triggers do what ON DELETE did, for a
+    DELETE and a TRUNCATE; and the enrollments of a job deleted (by the retention) keep no
+    job, as ON DELETE SET NULL did."""
+    list_id = await make_list(api)
+    sequence_id = await make_sequence(api, list_id, "Welcome")
+    ids = [int((await api.post("/contacts", {"email": f"m{i}@example.com"}))[1]["data"]["id"])
+           for i in range(3)]  # fmt: skip
+    job = await add(api, run_jobs, list_id, contact_ids=ids)
+    assert job["counts"] == {"added": 3, "enrolled": 3}, job["counts"]
+    enrolled_by = "SELECT count(*) FROM sequence_enrollments WHERE job_id = $1"
+    assert await db.fetchval(enrolled_by, job["id"]) == 3
+    await db.execute("DELETE FROM jobs WHERE id = $1", job["id"])
+    assert await db.fetchval("SELECT count(job_id) FROM sequence_enrollments") == 0
+    assert (await api.delete(f"/sequences/{sequence_id}"))[0] == 204
+    assert await db.fetchval("SELECT count(*) FROM sequence_enrollments") == 0
+    assert (await api.delete(f"/lists/{list_id}"))[0] == 204
+    assert await db.fetchval("SELECT count(*) FROM list_memberships") == 0
+
+    list_id = await make_list(api, "Again")
+    await make_sequence(api, list_id, "Again")
+    await add(api, run_jobs, list_id, contact_ids=ids)
+    assert await db.fetchval("SELECT count(job_id) FROM sequence_enrollments") == 3
+    await db.execute("TRUNCATE jobs CASCADE")
+    assert await db.fetchval("SELECT count(job_id) FROM sequence_enrollments") == 0
+    await db.execute("TRUNCATE sequences")
+    assert await db.fetchval("SELECT count(*) FROM sequence_enrollments") == 0
+    await db.execute("TRUNCATE lists")
+    assert await db.fetchval("SELECT count(*) FROM list_memberships") == 0

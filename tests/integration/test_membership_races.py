@@ -239,3 +239,68 @@ async def test_a_mirror_import_sees_a_bulk_subscribe_committed_meanwhile_whole(
     assert statuses == {kept: "subscribed", existing: "unsubscribed", new: "unsubscribed"}
     _, answer = await api.get(f"/lists/{list_id}")
     assert answer["data"]["member_count"] == 1
+
+
+@pytest.mark.parametrize("kind", ["import", "add_members", "bulk_subscribe"])
+@pytest.mark.parametrize("deleted", ["list", "sequence"])
+async def test_a_list_or_sequence_deleted_while_a_job_joins_leaves_nothing_of_it(
+    api: Api,
+    run_jobs: RunJobs,
+    db: asyncpg.Connection,
+    database_url: str,
+    kind: str,
+    deleted: str,
+) -> None:
+    """Memberships have no foreign key to their list, nor enrollments to their sequence
+    (schema.sql): a job takes the list's row and the sequences' once, as the checks did per
+    row. Another transaction deletes the one or the other (its trigger deletes what it has
+    of it) and commits while the job waits for that row. The list gone fails the job with a
+    message that says so; the sequence gone enrolls nobody. Neither leaves a row behind."""
+    list_id = await make_list(api)
+    sequence_id = await make_sequence(api, list_id, "Welcome")
+    email = "racer@example.com"
+    (contact_id,) = await contact_ids(api, email)
+    job_id = await submit_joining(api, kind, list_id, contact_id, email)
+    table, row = ("lists", list_id) if deleted == "list" else ("sequences", sequence_id)
+    other = await asyncpg.connect(database_url)
+    try:
+        async with other.transaction():
+            await other.execute(f"DELETE FROM {table} WHERE id = $1", row)
+            running = asyncio.ensure_future(run_jobs())
+            await waiting_for_a_lock(db)
+        await asyncio.wait_for(running, 30)
+    finally:
+        await other.close()
+    job: dict[str, Any] = await wait_for_job(api, job_id)
+    memberships = await db.fetchval("SELECT count(*) FROM list_memberships")
+    enrollments = await db.fetchval("SELECT count(*) FROM sequence_enrollments")
+    if deleted == "list":
+        assert job["status"] == "failed", job
+        assert job["error"] == f"NotFound: {member_queries.LIST_DELETED}"
+        assert (memberships, enrollments) == (0, 0)
+    else:
+        assert job["status"] == "succeeded", job
+        assert "enrolled" not in job["counts"], job["counts"]
+        assert (memberships, enrollments) == (1, 0)
+
+
+async def test_put_membership_into_a_list_deleted_meanwhile_is_a_404(
+    api: Api, db: asyncpg.Connection, database_url: str
+) -> None:
+    """The same race for PUT /memberships: the list it read is deleted before it joins."""
+    list_id = await make_list(api)
+    (contact_id,) = await contact_ids(api, "racer@example.com")
+    other = await asyncpg.connect(database_url)
+    try:
+        async with other.transaction():
+            await other.execute("DELETE FROM lists WHERE id = $1", list_id)
+            put = asyncio.ensure_future(
+                api.put("/memberships", {"list_id": list_id, "contact_id": contact_id})
+            )
+            await waiting_for_a_lock(db)
+        status, body = await asyncio.wait_for(put, 30)
+    finally:
+        await other.close()
+    assert status == 404, body
+    assert body["error"]["message"] == member_queries.LIST_DELETED
+    assert await db.fetchval("SELECT count(*) FROM list_memberships") == 0
