@@ -31,7 +31,7 @@ CREATE INDEX IF NOT EXISTS api_keys_project ON api_keys (project_id);
 
 -- contacts.project_id has no foreign key: its per-row check cost a third of every insert
 -- (an import writes a million rows). A contact's project always comes from the key that
--- wrote it, and projects_delete_contacts below does what ON DELETE CASCADE did.
+-- wrote it, and the trigger projects_delete_contacts below does what ON DELETE CASCADE did.
 CREATE TABLE IF NOT EXISTS contacts (
     id                bigserial PRIMARY KEY,
     project_id        bigint NOT NULL,
@@ -67,7 +67,8 @@ $$;
 ALTER TABLE contacts DROP CONSTRAINT IF EXISTS contacts_project_id_fkey;
 
 -- Rows of a table with no foreign key to their parent go with it (the parent's triggers): those
--- of TG_ARGV[0] whose TG_ARGV[1] is a deleted row's id, once per statement; all on TRUNCATE.
+-- of TG_ARGV[0] whose TG_ARGV[1] is a deleted row's id, once per statement; all on TRUNCATE
+-- (unless that TRUNCATE emptied them already: it may name both, and the table is in use then).
 CREATE OR REPLACE FUNCTION delete_children() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE format('DELETE FROM %I c USING deleted d WHERE c.%I = d.id', TG_ARGV[0], TG_ARGV[1]);
@@ -75,8 +76,13 @@ BEGIN
 END
 $$;
 CREATE OR REPLACE FUNCTION truncate_children() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    filled boolean;
 BEGIN
-    EXECUTE format('TRUNCATE %I CASCADE', TG_ARGV[0]);
+    EXECUTE format('SELECT EXISTS (SELECT FROM %I)', TG_ARGV[0]) INTO filled;
+    IF filled THEN
+        EXECUTE format('TRUNCATE %I CASCADE', TG_ARGV[0]);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -85,7 +91,8 @@ CREATE OR REPLACE TRIGGER projects_delete_contacts AFTER DELETE ON projects
     FOR EACH STATEMENT EXECUTE FUNCTION delete_children('contacts', 'project_id');
 CREATE OR REPLACE TRIGGER projects_truncate_contacts AFTER TRUNCATE ON projects
     FOR EACH STATEMENT EXECUTE FUNCTION truncate_children('contacts');
-DROP FUNCTION IF EXISTS projects_delete_contacts();  -- the triggers' functions before these
+-- what these two triggers ran before delete_children and truncate_children
+DROP FUNCTION IF EXISTS projects_delete_contacts();
 DROP FUNCTION IF EXISTS projects_truncate_contacts();
 
 CREATE TABLE IF NOT EXISTS lists (
