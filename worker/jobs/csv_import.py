@@ -536,8 +536,7 @@ class _ImportRun:
 
     async def close(self) -> None:
         """Stop the parsing task and give its connection back, however the run ended."""
-        if self.analyzing is not None:
-            self.analyzing.cancel()
+        if self.analyzing is not None:  # let it end: others plan with what it finds
             await asyncio.wait([self.analyzing])
         if self.task is not None:
             self.task.cancel()
