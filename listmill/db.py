@@ -95,10 +95,18 @@ async def _keep_session(conn: Connection) -> None:
 
 
 async def create_pool(settings: Settings, *, synchronous_commit: bool = True) -> Pool:
-    """A pool whose connections decode json/jsonb to Python values. With
+    """A pool whose connections decode json/jsonb to Python values and run every transaction
+    READ COMMITTED, whatever the database's ``default_transaction_isolation``: the writers'
+    row locks and the triggers that delete a list's, a sequence's or a job's rows (schema.sql,
+    delete_children) see the rows committed before each statement, which is what they are
+    written for. Under REPEATABLE READ a DELETE of a list that waited for a writer's import
+    would miss that writer's memberships and leave them behind. With
     ``synchronous_commit=False`` a commit returns before its WAL is on disk (for the workers:
-    see worker.settings.make_context); it is a startup parameter, so it holds for every use
+    see worker.settings.make_context). Both are startup parameters, so they hold for every use
     of a connection."""
+    startup = {"default_transaction_isolation": "read committed"}
+    if not synchronous_commit:
+        startup["synchronous_commit"] = "off"
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=settings.db_pool_min,
@@ -106,7 +114,7 @@ async def create_pool(settings: Settings, *, synchronous_commit: bool = True) ->
         statement_cache_size=settings.db_statement_cache_size,
         init=_init_connection,
         reset=_keep_session,
-        server_settings=None if synchronous_commit else {"synchronous_commit": "off"},
+        server_settings=startup,
     )
     assert pool is not None
     return pool

@@ -462,6 +462,8 @@ async def test_workers_commit_without_waiting_for_the_disk_and_the_web_waits(
     for _ in range(2):  # a startup parameter: every use of a connection has it
         async with worker_context["pool"].acquire() as conn:
             assert await conn.fetchval("SHOW synchronous_commit") == "off"
+            # and, as the web's (test_membership_races), READ COMMITTED whatever the database says
+            assert await conn.fetchval("SHOW default_transaction_isolation") == "read committed"
     async with client.app[POOL].acquire() as conn:
         assert await conn.fetchval("SHOW synchronous_commit") == "on"
     durable = await make_context(settings.model_copy(update={"worker_synchronous_commit": True}))

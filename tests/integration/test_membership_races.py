@@ -304,3 +304,55 @@ async def test_put_membership_into_a_list_deleted_meanwhile_is_a_404(
     assert status == 404, body
     assert body["error"]["message"] == member_queries.LIST_DELETED
     assert await db.fetchval("SELECT count(*) FROM list_memberships") == 0
+
+
+@pytest.fixture
+async def repeatable_read(database_url: str) -> None:
+    """The test's database runs REPEATABLE READ by default (before the web's pool connects)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        name = await conn.fetchval("SELECT current_database()")
+        await conn.execute(
+            f"ALTER DATABASE \"{name}\" SET default_transaction_isolation = 'repeatable read'"
+        )
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("deleted", ["list", "sequence"])
+async def test_a_list_or_sequence_deleted_after_a_job_joined_leaves_nothing_of_it(
+    repeatable_read: None, api: Api, db: asyncpg.Connection, database_url: str, deleted: str
+) -> None:
+    """The other order: a writer has joined a contact to the list and enrolled it (it holds
+    the list's row and the sequence's, FOR KEY SHARE) when DELETE /lists or /sequences comes;
+    the deletion waits, and its trigger deletes what the writer committed. In a database
+    whose default isolation is REPEATABLE READ too: under it the trigger would look with the
+    snapshot the deletion began with, before the writer's commit, and leave its rows behind
+    (the foreign keys these tables had raised a serialization error instead); the service's
+    connections run READ COMMITTED whatever the database says (listmill.db.create_pool).
+    (A list's deletion leaves its sequence and that sequence's enrollments.)"""
+    assert await db.fetchval("SHOW transaction_isolation") == "repeatable read"
+    list_id = await make_list(api)
+    sequence_id = await make_sequence(api, list_id, "Welcome")
+    (contact_id,) = await contact_ids(api, "racer@example.com")
+    writer = await asyncpg.connect(database_url)
+    try:
+        async with writer.transaction():
+            await member_queries.add_members(
+                writer, api.project_id, list_id, [contact_id],
+                new_status="subscribed", requested_status="subscribed", source="api",
+            )  # fmt: skip
+            enrolled = await member_queries.enroll_in_list_sequences(
+                writer, api.project_id, list_id, [contact_id], None
+            )
+            assert enrolled == 1
+            path = f"/lists/{list_id}" if deleted == "list" else f"/sequences/{sequence_id}"
+            deletion = asyncio.ensure_future(api.delete(path))
+            await waiting_for_a_lock(db)
+        status, body = await asyncio.wait_for(deletion, 30)
+    finally:
+        await writer.close()
+    assert status == 204, body
+    memberships = await db.fetchval("SELECT count(*) FROM list_memberships")
+    enrollments = await db.fetchval("SELECT count(*) FROM sequence_enrollments")
+    assert (memberships, enrollments) == ((0, 1) if deleted == "list" else (1, 0))
