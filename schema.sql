@@ -65,6 +65,27 @@ BEGIN
 END
 $$;
 ALTER TABLE contacts DROP CONSTRAINT IF EXISTS contacts_project_id_fkey;
+-- The hash of a contact's line (listmill.keyhash.text_hashes of csvcolumns.Contacts.lines: its
+-- LINE_COLUMNS in COPY's text format), kept by the import that COPYed it in: a re-import
+-- reads these 8 bytes instead of the line, whose jsonb Postgres would turn into text (half of
+-- the read's cost: knowncontacts). NULL where not known; every writer of these columns sets it
+-- NULL (queries.contacts), and so does the trigger below for any other UPDATE of them. A
+-- release that changes the line or the hash must clear it first (UPDATE ... SET line_hash =
+-- NULL): a stale hash that matched a row would have it counted unchanged and not written.
+ALTER TABLE contacts ADD COLUMN IF NOT EXISTS line_hash bigint;
+CREATE OR REPLACE FUNCTION contacts_forget_line_hash() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.line_hash := NULL;
+    RETURN NEW;
+END
+$$;
+CREATE OR REPLACE TRIGGER contacts_forget_line_hash BEFORE UPDATE ON contacts FOR EACH ROW
+    WHEN (OLD.line_hash IS NOT NULL AND NEW.line_hash IS NOT DISTINCT FROM OLD.line_hash
+          AND (NEW.email_normalized, NEW.first_name, NEW.last_name, NEW.country, NEW.time_zone,
+               NEW.data)
+              IS DISTINCT FROM (OLD.email_normalized, OLD.first_name, OLD.last_name,
+                                OLD.country, OLD.time_zone, OLD.data))
+    EXECUTE FUNCTION contacts_forget_line_hash();
 
 -- Rows of a table with no foreign key to their parent go with it (the parent's triggers): those
 -- of TG_ARGV[0] whose TG_ARGV[1] is a deleted row's id, once per statement; all on TRUNCATE

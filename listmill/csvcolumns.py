@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from listmill.keyhash import text_hashes
 from listmill.validation import MAX_EMAIL_LENGTH, MAX_FIELD_LENGTH, MAX_LOCAL_PART, SPECIAL_TLDS
 
 CONTACT_FIELDS = ("first_name", "last_name", "country", "time_zone")
@@ -54,6 +55,7 @@ COMMON_EMAIL = (
 _SPECIAL_TLD = r"\.(?:" + "|".join(sorted(SPECIAL_TLDS)) + r")$"
 # a contact's columns in its line (Contacts.lines, queries.contacts.copy_lines)
 LINE_COLUMNS = ("email_normalized", "first_name", "last_name", "country", "time_zone", "data")
+LINE_HASH = "line_hash"  # Contacts.hashed's column
 # the columns of a contact a block's fast rows become (see Contacts)
 CONTACT_COLUMNS = (
     "email", "email_normalized", "first_name", "last_name", "country", "time_zone", "data",
@@ -428,19 +430,36 @@ class Contacts:
         the tab, and whose data is written as Postgres writes it (_data)."""
         return self._text_format(LINE_COLUMNS)
 
+    def hashed(self) -> Contacts:
+        """These rows with the hash of each one's line (``line_hash``): COPYed in with its
+        contact, for a later import to compare its rows with (knowncontacts)."""
+        hashes = pa.array(text_hashes(self.lines()), pa.int64())
+        table = self.table
+        if LINE_HASH in table.column_names:
+            table = table.drop_columns([LINE_HASH])
+        return Contacts(table.append_column(LINE_HASH, hashes))
+
+    def line_hashes(self) -> np.ndarray[Any, Any]:
+        """The rows' line hashes (``hashed``)."""
+        return self.table.column(LINE_HASH).to_numpy()  # type: ignore[no-any-return]
+
     def ahead(self, project_id: int) -> Contacts:
         """These rows with their copy_text made now (by the parsing task, while the batch
         before is written)."""
         return Contacts(self.table, self.copy_text(project_id))
 
     def copy_text(self, project_id: int) -> memoryview:
-        """The rows in COPY's text format (CONTACT_COLUMNS, then project_id), sorted by email
-        (an index fills fastest in key order)."""
+        """The rows in COPY's text format (CONTACT_COLUMNS, the line hash if ``hashed``, then
+        project_id: queries.contacts.NEW_COLUMNS), sorted by email (an index fills fastest in
+        key order)."""
         if self.text is not None:
             return self.text
         if not len(self):
             return memoryview(b"")
-        lines = self._text_format(CONTACT_COLUMNS, f"{project_id}\n")
+        if LINE_HASH in self.table.column_names:
+            lines = self._text_format((*CONTACT_COLUMNS, LINE_HASH), f"{project_id}\n")
+        else:
+            lines = self._text_format(CONTACT_COLUMNS, "\\N", f"{project_id}\n")
         lines = lines.take(pc.sort_indices(self.table.column("email_normalized")))
         _, offsets, data = lines.buffers()  # the lines one after another: the text
         at = np.frombuffer(offsets, dtype=np.int32)
@@ -450,10 +469,14 @@ class Contacts:
     def _text_format(self, names: Sequence[str], *last: str) -> pa.Array:
         """A line of COPY's text format a row: these columns escaped, NULL as \\N, tabs
         between, and then ``last`` as one more value (copy_text's project id and line end)."""
-        columns = [self.table.column(name) for name in names]
+        columns = [_as_text(self.table.column(name)) for name in names]
         values = [pc.fill_null(_escaped(column, _COPY_ESCAPES), _text("\\N")) for column in columns]
         line = pc.binary_join_element_wise(*values, *map(_text, last), _text("\t"))
         return line.combine_chunks() if isinstance(line, pa.ChunkedArray) else line
+
+
+def _as_text(values: Any) -> Any:
+    return values if pa.types.is_string(values.type) else values.cast(pa.string())
 
 
 def contacts_of(rows: Sequence[Sequence[Any]]) -> Contacts:
@@ -477,4 +500,5 @@ def concat(parts: list[Contacts]) -> Contacts:
             + [("position", pa.int64()), ("row_number", pa.int64())]
         )
         return Contacts(schema.empty_table())
-    return Contacts(pa.concat_tables([part.table for part in parts]))
+    # (parts not hashed have no line hashes: null)
+    return Contacts(pa.concat_tables([part.table for part in parts], promote_options="default"))

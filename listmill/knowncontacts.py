@@ -1,13 +1,14 @@
 """The contacts a project had as an import began: for each, the hash of its email key and
 of its line (csvcolumns.Contacts.lines: its email and the fields an import sets, as
-Postgres writes them). A fast row whose line hashes alike is one the import would not
-change, and is counted unchanged with no write; a row whose email key no contact has is new,
-and is COPYed in. Only the other rows are compared in Postgres.
+Postgres writes them), the one kept by the import that COPYed it in, or else one made from
+the line read. A fast row whose line hashes alike is one the import would not change, and is
+counted unchanged with no write; a row whose email key no contact has is new, and is COPYed
+in. Only the other rows are compared in Postgres.
 
-Read once, with one COPY, where a file is large next to its project (see worth_reading):
-about 16 bytes a contact, and only those whose email key the file has are kept. A change
-someone else makes to one of these contacts during the import (an edit, a deletion) is kept
-as if it came after the import's row of it."""
+Read once, with one COPY (queries.contacts.copy_lines), where a file is large next to its
+project (see worth_reading): about 16 bytes a contact, and only those whose email key the
+file has are kept. A change someone else makes to one of these contacts during the import
+(an edit, a deletion) is kept as if it came after the import's row of it."""
 
 from __future__ import annotations
 
@@ -108,17 +109,32 @@ async def read_known(conn: Connection, project_id: int, expected: int = 0) -> Kn
 _NONE = np.zeros(0, dtype=np.int64)
 
 
+_NIBBLES = np.zeros(256, dtype=np.uint8)  # a hexadecimal digit's value, by its byte
+_NIBBLES[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
+_GIVEN = len("\\\\x")  # a line hash's 16 digits start after these bytes...
+_GIVEN_EMAIL = _GIVEN + 17  # ...and its email after them and a tab
+_NOT_GIVEN_EMAIL = len("\\N\t")
+
+
 def _hashes(text: bytes) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """The key hash (of the email, the first field) and the line hash of each whole line."""
+    """The key hash (of the email) and the line hash of each whole line of copy_lines: the
+    line hash given (its first field), or, where that is \\N, the hash of the rest."""
     data = np.frombuffer(text, dtype=np.uint8)
     ends = np.flatnonzero(data == ord("\n"))
     starts = np.concatenate(([0], ends[:-1] + 1))
+    given = data[starts + 1] != ord("N")
+    emails = starts + np.where(given, _GIVEN_EMAIL, _NOT_GIVEN_EMAIL)
     tabs = np.flatnonzero(data == ord("\t"))
-    email_ends = tabs[np.searchsorted(tabs, starts)]  # each line has its fields' tabs
-    return (
-        hashes_at(text, starts, email_ends - starts, HASHED_BYTES),
-        hashes_at(text, starts, ends - starts, None),
-    )
+    email_ends = tabs[np.searchsorted(tabs, emails)]  # each line has its fields' tabs
+    lines = np.empty(len(starts), dtype=np.int64)
+    if given.any():
+        digits = _NIBBLES[data[starts[given, None] + _GIVEN + np.arange(16)]]
+        octets = (digits[:, 0::2] << 4) | digits[:, 1::2]
+        lines[given] = np.ascontiguousarray(octets).view(">i8").ravel()
+    if not given.all():
+        rest = emails[~given]
+        lines[~given] = hashes_at(text, rest, ends[~given] - rest, None)
+    return hashes_at(text, emails, email_ends - emails, HASHED_BYTES), lines
 
 
 def known_of(keys: np.ndarray[Any, Any], lines: np.ndarray[Any, Any]) -> KnownContacts:

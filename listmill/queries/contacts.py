@@ -96,15 +96,17 @@ async def get_contact_by_email(
 # below fill in the braces).
 _ASSIGNMENTS = """
     first_name = {first_name}, last_name = {last_name}, country = {country},
-    time_zone = {time_zone}, data = {data}, status = {status}, updated_at = now()"""
+    time_zone = {time_zone}, data = {data}, status = {status}, updated_at = now(),
+    line_hash = NULL"""  # (schema.sql: the hash of the line the import COPYed in)
 _CHANGES = """(c.first_name, c.last_name, c.country, c.time_zone, c.data, c.status)
       IS DISTINCT FROM ({first_name}, {last_name}, {country}, {time_zone}, {data}, {status})"""
 _MERGE_TEMPLATE = """
 WITH input AS ({input})
 INSERT INTO contacts AS c
-    (project_id, email, email_normalized, first_name, last_name, country, time_zone, data, status)
+    (project_id, email, email_normalized, first_name, last_name, country, time_zone, data, status,
+     line_hash)
 SELECT $1, email, email_normalized, first_name, last_name, country, time_zone,
-       COALESCE(data, '{{}}'::jsonb), COALESCE(status, 'subscribed')
+       COALESCE(data, '{{}}'::jsonb), COALESCE(status, 'subscribed'), line_hash
 FROM input
 ON CONFLICT (project_id, email_normalized) DO UPDATE SET {assignments}
 WHERE {changes}
@@ -115,7 +117,7 @@ _KEEP_SUPPRESSION = (
 )
 # Rows from a JSON array ($2), the last row of an email winning.
 JSON_INPUT = """
-    SELECT DISTINCT ON (r.email_normalized) r.*
+    SELECT DISTINCT ON (r.email_normalized) r.*, NULL::bigint AS line_hash
     FROM ROWS FROM (
              jsonb_to_recordset($2::jsonb)
              AS (email text, email_normalized text, first_name text, last_name text,
@@ -130,7 +132,7 @@ JSON_INPUT = """
 # ('subscribed' keeps the contact's own, see above).
 _STAGED = """
     SELECT email, email_normalized, first_name, last_name, country, time_zone, data,
-           'subscribed'::text AS status
+           'subscribed'::text AS status, NULL::bigint AS line_hash
     FROM import_rows
     WHERE job_id = $2 AND {which} AND NOT duplicate
 """
@@ -203,11 +205,12 @@ def _counted(input_rows: str) -> dict[str, str]:
 _BATCH_TABLE = """
 CREATE TEMPORARY TABLE import_batch (
     project_id bigint, email text, email_normalized text, first_name text, last_name text,
-    country text, time_zone text, data jsonb, status text NOT NULL DEFAULT 'subscribed'
+    country text, time_zone text, data jsonb, line_hash bigint,
+    status text NOT NULL DEFAULT 'subscribed'
 ) ON COMMIT DROP"""
 _BATCH_INPUT = """
     SELECT b.email, b.email_normalized, b.first_name, b.last_name, b.country, b.time_zone,
-           b.data, b.status
+           b.data, b.status, b.line_hash
     FROM import_batch b LEFT JOIN LATERAL (
         SELECT * FROM contacts
         WHERE project_id = $1 AND email_normalized = b.email_normalized
@@ -253,7 +256,7 @@ async def update_contact(
     try:
         row = await conn.fetchrow(
             f"""
-            UPDATE contacts SET {assignments}, updated_at = now()
+            UPDATE contacts SET {assignments}, updated_at = now(), line_hash = NULL
             WHERE project_id = $1 AND id = $2 AND ({changed})
             RETURNING {COLUMNS}
             """,
@@ -387,7 +390,7 @@ async def merge_held(
 # the project last: a line of an import's COPY text ends with it (Contacts.copy_text)
 NEW_COLUMNS = (
     "email", "email_normalized", "first_name", "last_name", "country", "time_zone", "data",
-    "project_id",
+    "line_hash", "project_id",
 )  # fmt: skip
 
 
@@ -486,11 +489,21 @@ async def count_project(conn: Connection, project_id: int) -> int:
 async def copy_lines(
     conn: Connection, project_id: int, output: Callable[[bytes], Coroutine[Any, Any, None]]
 ) -> None:
-    """The project's contacts in COPY's text format, a line each, to ``output`` in pieces:
-    the columns of csvcolumns.LINE_COLUMNS (an import compares its rows with these)."""
+    """The project's contacts in COPY's text format, a line each, to ``output`` in pieces (an
+    import compares its rows with these, knowncontacts): the hash of its line (its 8 bytes,
+    big-endian, which COPY writes as ``\\\\x`` and 16 hexadecimal digits) and the email of one
+    whose import kept it (schema.sql, line_hash), the others' ``\\N`` and then their line (the
+    columns of csvcolumns.LINE_COLUMNS). Only for the second kind does Postgres turn a jsonb
+    into text, half the cost of a line: 1,000,000 of the first kind took 0.40 s, of the
+    second 0.72. (The hash in decimal took 0.05 s less here, and 0.3 s more to read.)"""
     await conn.copy_from_query(
         """
-        SELECT email_normalized, first_name, last_name, country, time_zone, data
+        SELECT int8send(line_hash), email_normalized,
+               CASE WHEN line_hash IS NULL THEN first_name END,
+               CASE WHEN line_hash IS NULL THEN last_name END,
+               CASE WHEN line_hash IS NULL THEN country END,
+               CASE WHEN line_hash IS NULL THEN time_zone END,
+               CASE WHEN line_hash IS NULL THEN data END
         FROM contacts WHERE project_id = $1
         """,
         project_id,

@@ -7,13 +7,15 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import pyarrow as pa
 import pytest
 
 from listmill.csvcolumns import Block, columns_of, jsonb_string, jsonb_text
 from listmill.csvimport import CsvReader, read_header
+from listmill.keyhash import text_hashes
 from listmill.knowncontacts import read_known, worth_reading
 from listmill.queries import contacts as contact_queries
-from tests.conftest import Api, RunJobs
+from tests.conftest import Api, RunJobs, wait_for_job
 from tests.integration.test_import import run_import
 from worker.jobs import csv_import
 
@@ -39,6 +41,7 @@ def fast_lines(data: bytes) -> list[str]:
 
 
 async def project_lines(db: asyncpg.Connection, project_id: int) -> list[str]:
+    """The lines copy_lines gives: a kept hash and the email, or \\N and the line."""
     pieces: list[bytes] = []
 
     async def take(piece: bytes) -> None:
@@ -46,6 +49,11 @@ async def project_lines(db: asyncpg.Connection, project_id: int) -> list[str]:
 
     await contact_queries.copy_lines(db, project_id, take)
     return b"".join(pieces).decode().splitlines()
+
+
+async def kept_hashes(db: asyncpg.Connection) -> dict[str, int | None]:
+    rows = await db.fetch("SELECT email_normalized, line_hash FROM contacts")
+    return {r["email_normalized"]: r["line_hash"] for r in rows}
 
 
 async def contacts(db: asyncpg.Connection) -> list[tuple[Any, ...]]:
@@ -59,9 +67,24 @@ async def contacts(db: asyncpg.Connection) -> list[tuple[Any, ...]]:
 async def test_a_fast_rows_line_is_the_line_postgres_gives_for_its_contact(
     api: Api, run_jobs: RunJobs, db: asyncpg.Connection
 ) -> None:
+    """And the import keeps the hash of that line with the contact (schema.sql, line_hash):
+    the same hash a later import makes of the line when none was kept."""
     job = await run_import(api, run_jobs, FILE)
     assert job["counts"] == {"created": 5}, job
-    assert sorted(fast_lines(FILE)) == sorted(await project_lines(db, api.project_id))
+    kept = await kept_hashes(db)
+    assert None not in kept.values()
+    given = await project_lines(db, api.project_id)
+    assert sorted(line.split("\t")[:2] for line in given) == sorted(
+        [f"\\\\x{h & (1 << 64) - 1:016x}", email] for email, h in kept.items() if h is not None
+    )
+    await db.execute("UPDATE contacts SET line_hash = NULL")
+    lines = await project_lines(db, api.project_id)
+    assert all(line.startswith("\\N\t") for line in lines)
+    lines = [line.removeprefix("\\N\t") for line in lines]
+    assert sorted(fast_lines(FILE)) == sorted(lines)
+    emails = [line.split("\t")[0] for line in lines]
+    made = dict(zip(emails, text_hashes(pa.array(lines)).tolist(), strict=True))
+    assert kept == made
 
 
 async def test_jsonb_text_is_how_postgres_writes_a_jsonb(db: asyncpg.Connection) -> None:
@@ -99,6 +122,35 @@ async def test_a_reimport_counts_and_writes_as_the_merge_of_every_row(
     assert after["dee@example.com"] == before["dee@example.com"]
     assert after["eve@example.com"][2] == "E"
     assert after["Bob@Example.com"] == before["Bob@Example.com"]
+
+
+async def test_a_kept_hash_goes_with_any_change_of_the_line(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    """A hash kept that no longer fits its contact would have the row that restores it
+    counted unchanged, and not written: every change of a line's columns clears it (the
+    merges, PATCH: test_a_reimport_counts_and_writes_as_the_merge_of_every_row; an UPDATE
+    from outside the service: the trigger), and a status change, not in the line, keeps it."""
+    await run_import(api, run_jobs, FILE)
+    await db.execute("UPDATE contacts SET first_name = 'Zed' WHERE email = 'ann@example.com'")
+    await db.execute("UPDATE contacts SET status = 'unsubscribed' WHERE email = 'cy@example.com'")
+    _, body = await api.post(
+        "/contacts/bulk-upsert", {"contacts": [{"email": "dee@example.com", "last_name": "O"}]}
+    )
+    await run_jobs()
+    assert (await wait_for_job(api, body["data"]["id"]))["counts"] == {"updated": 1}
+    kept = await kept_hashes(db)
+    assert kept["ann@example.com"] is None and kept["dee@example.com"] is None
+    assert None not in [kept[e] for e in ("bob@example.com", "cy@example.com", "eve@example.com")]
+    job = await run_import(api, run_jobs, FILE)
+    assert job["counts"] == {"updated": 2, "unchanged": 3}, job
+    names = dict(await db.fetch("SELECT email, coalesce(first_name, last_name) FROM contacts"))
+    assert names["ann@example.com"] == "Ann" and names["dee@example.com"] == "Dée"
+    assert await db.fetchval("SELECT last_name FROM contacts WHERE email = 'dee@example.com'") == (
+        "Smith"
+    )
+    again = await run_import(api, run_jobs, FILE)  # the lines of the hashes cleared are read
+    assert again["counts"] == {"unchanged": 5}, again
 
 
 async def test_a_contact_made_meanwhile_is_merged_not_copied(

@@ -33,6 +33,7 @@ from listmill.csvimport import (
     email_key,
     read_header,
 )
+from listmill.keyhash import text_hashes
 from listmill.validation import _COMMON
 
 Outcome = tuple[int, Any]  # (row number, contact columns or (error code, email))
@@ -268,15 +269,25 @@ def test_copy_text_is_copy_text_format_of_the_contacts_sorted_by_email() -> None
         (2, 3, "a@example.com", "a@example.com", None, None, None, None, {}),
     ]
     assert bytes(contacts.copy_text(7)).decode().split("\n") == [
-        "a@example.com\ta@example.com\t\\N\t\\N\t\\N\t\\N\t{}\t7",
-        'B@example.com\tb@example.com\tBo\t\\N\t\\N\t\\N\t{"Plan": "pro"}\t7',
+        "a@example.com\ta@example.com\t\\N\t\\N\t\\N\t\\N\t{}\t\\N\t7",
+        'B@example.com\tb@example.com\tBo\t\\N\t\\N\t\\N\t{"Plan": "pro"}\t\\N\t7',
         "",
     ]
     # rows parsed one by one become the same columns, and COPY text, as these
     again = contacts_of(list(contacts.rows()))
     assert list(again.rows()) == list(contacts.rows())
     assert again.copy_text(7) == contacts.copy_text(7)
-    assert len(concat([contacts, again])) == 4
+    # hashed, each line carries the hash of its line (before the project)
+    hashed = contacts.hashed()
+    hashes = text_hashes(contacts.lines()).tolist()
+    assert hashed.line_hashes().tolist() == hashes
+    assert bytes(hashed.copy_text(7)).decode().split("\n") == [
+        f"a@example.com\ta@example.com\t\\N\t\\N\t\\N\t\\N\t{{}}\t{hashes[1]}\t7",
+        f'B@example.com\tb@example.com\tBo\t\\N\t\\N\t\\N\t{{"Plan": "pro"}}\t{hashes[0]}\t7',
+        "",
+    ]
+    both = concat([hashed, again])  # those not hashed have no hash
+    assert len(both) == 4 and both.table.column("line_hash").to_pylist() == [*hashes, None, None]
     assert orjson.loads('{"Plan":"pro"}') == {"Plan": "pro"}
 
 

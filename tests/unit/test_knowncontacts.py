@@ -15,12 +15,24 @@ LINES = [
 
 
 def test_a_lines_hashes_are_those_of_its_email_and_of_itself() -> None:
+    """copy_lines gives \\N and the line of a contact with no hash kept, else the kept hash
+    (its 8 bytes, big-endian, as COPY writes a bytea) and the email."""
     import pyarrow as pa
 
-    keys, lines = _hashes("".join(line + "\n" for line in LINES).encode())
+    kept = [-1, 10, 0, -(1 << 63), (1 << 63) - 1, 1234567890123456789, -98765]
+    given = [
+        f"\\\\x{h & (1 << 64) - 1:016x}\tk{i}@x.io\t\\N\t\\N\t\\N\t\\N\t\\N"
+        for i, h in enumerate(kept)
+    ]
+    lines = ["\\N\t" + line for line in LINES]
+    keys, hashes = _hashes("".join(line + "\n" for line in [*lines[:2], *given, lines[2]]).encode())
     emails = [line.split("\t")[0] for line in LINES]
-    assert keys.tolist() == key_hashes(emails).tolist()
-    assert lines.tolist() == text_hashes(pa.array(LINES)).tolist()
+    made = text_hashes(pa.array(LINES)).tolist()
+    assert (
+        keys.tolist()
+        == key_hashes([*emails[:2], *(f"k{i}@x.io" for i in range(len(kept))), emails[2]]).tolist()
+    )
+    assert hashes.tolist() == [*made[:2], *kept, made[2]]
 
 
 def test_rows_are_unchanged_new_or_to_be_merged() -> None:

@@ -35,7 +35,7 @@ from listmill.csvimport import (
 )
 from listmill.csvkeys import KeyHashes, KeyReader, Keys, hashed_keys
 from listmill.db import Connection, Pool
-from listmill.keyhash import key_hashes, legacy_key_hashes, text_hashes
+from listmill.keyhash import key_hashes, legacy_key_hashes
 from listmill.knowncontacts import KnownContacts, read_known, worth_reading
 from listmill.queries import contacts as contact_queries
 from listmill.queries import imports as queries
@@ -351,8 +351,9 @@ class _Parser:
         if repeated.any():
             batch.held += _fast_records(job, fast.where(repeated), keys[repeated].tolist())
             fast, keys = fast.where(~repeated), keys[~repeated]
+        fast = fast.hashed()  # (their COPY keeps it: a later import compares with it)
         if self.existing is not None and len(fast):  # keys are key_hashes then
-            same, new = self.existing.compare(keys, text_hashes(fast.lines()))
+            same, new = self.existing.compare(keys, fast.line_hashes())
             batch.outcome.counts["unchanged"] += int(same.sum())
             batch.new = fast.where(new).ahead(job.project_id)
             fast = fast.where(~same & ~new)
