@@ -66,7 +66,7 @@ END
 $$;
 ALTER TABLE contacts DROP CONSTRAINT IF EXISTS contacts_project_id_fkey;
 -- The hash of a contact's line (listmill.keyhash.text_hashes of csvcolumns.Contacts.lines: its
--- LINE_COLUMNS in COPY's text format), kept by the import that COPYed it in: a re-import
+-- LINE_COLUMNS in COPY's text format), kept by the import that made it: a re-import
 -- reads these 8 bytes instead of the line, whose jsonb Postgres would turn into text (half of
 -- the read's cost: knowncontacts). NULL where not known; every writer of these columns sets it
 -- NULL (queries.contacts), and so does the trigger below for any other UPDATE of them. A

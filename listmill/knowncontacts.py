@@ -1,6 +1,6 @@
 """The contacts a project had as an import began: for each, the hash of its email key and
 of its line (csvcolumns.Contacts.lines: its email and the fields an import sets, as
-Postgres writes them), the one kept by the import that COPYed it in, or else one made from
+Postgres writes them), the one kept by the import that made it, or else one made from
 the line read. A fast row whose line hashes alike is one the import would not change, and is
 counted unchanged with no write; a row whose email key no contact has is new, and is COPYed
 in. Only the other rows are compared in Postgres.

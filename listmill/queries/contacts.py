@@ -97,7 +97,7 @@ async def get_contact_by_email(
 _ASSIGNMENTS = """
     first_name = {first_name}, last_name = {last_name}, country = {country},
     time_zone = {time_zone}, data = {data}, status = {status}, updated_at = now(),
-    line_hash = NULL"""  # (schema.sql: the hash of the line the import COPYed in)
+    line_hash = NULL"""  # (schema.sql: the hash of the line the import made it from)
 _CHANGES = """(c.first_name, c.last_name, c.country, c.time_zone, c.data, c.status)
       IS DISTINCT FROM ({first_name}, {last_name}, {country}, {time_zone}, {data}, {status})"""
 _MERGE_TEMPLATE = """
