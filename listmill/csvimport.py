@@ -96,9 +96,7 @@ def read_header(first_bytes: bytes, *, more: bool = False) -> Header:
     delimiter, record = _header_record(text, more)
     if more and len(record) == len(text):  # no line end after it: it may go on
         raise HeaderError(PAST_FIRST_CHUNK)
-    # binary (or UTF-16 without its mark) has NULs in its first line or all over (1% of its
-    # first 4 KB); a NUL in a value of a row is that row's problem (an error row), not the file's
-    if "\x00" in record or first_bytes[:4096].count(b"\x00") > 40:
+    if "\x00" in record or _binary(first_bytes[:4096]):
         raise HeaderError("the body is not text (it contains NUL bytes)")
     if _has_surrogates(record):
         raise HeaderError("the header row is not UTF-8: save the file as CSV UTF-8")
@@ -106,6 +104,20 @@ def read_header(first_bytes: bytes, *, more: bool = False) -> Header:
     mapping = [_alias(column) for column in columns]
     _check_columns(columns, mapping)
     return Header(delimiter, columns, mapping)
+
+
+# control characters text never holds (not the tab, the line ends, VT, FF or ESC)
+_BINARY_CONTROLS = bytes([*range(1, 9), *range(14, 27), *range(28, 32)])
+
+
+def _binary(head: bytes) -> bool:
+    """Whether a file's first bytes are binary: NULs all over them (1 %) beside other control
+    characters, or on their own in a quarter of them. Binary (or UTF-16 without its mark) has
+    NULs in its first line, mostly; a NUL in a row's value is that row's problem (an error
+    row), not the file's, and so are NULs padding the fields of a legacy export."""
+    nuls = head.count(b"\x00")
+    controls = len(head) - len(head.translate(None, _BINARY_CONTROLS))
+    return nuls > len(head) // 4 or (nuls > len(head) // 100 and controls > len(head) // 100)
 
 
 def _check_columns(columns: list[str], mapping: list[str | None]) -> None:

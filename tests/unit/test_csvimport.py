@@ -237,9 +237,15 @@ def test_a_nul_in_a_row_is_that_rows_problem_and_binary_is_not_text() -> None:
         "email,name\nann@x.com,Ann\n".encode("utf-16-le"),  # no byte order mark
         b"email\n" + bytes(range(64)) * 64,
         b"\x1f\x8b\x08\x00\x00\x00\x00\x00email\n",
+        b"email\n" + b"\x00" * 2000,
     ):
         with pytest.raises(HeaderError, match="not text"):
             read_header(binary)
+    # a legacy export's fields padded with NULs: text, each such row an error row
+    padded = b"email,notes\n" + b"".join(b"a%d@x.com,pad\x00\x00\n" % i for i in range(100))
+    header = read_header(padded)
+    rows = [contact_from_row(header, row) for row in CsvReader(header).feed(padded)]
+    assert len(rows) == 100 and all(isinstance(row, RowError) for row in rows)
 
 
 def test_values_past_the_header_are_ignored_whatever_they_hold() -> None:
