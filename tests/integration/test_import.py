@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from aiohttp import FormData
 
-from listmill.csvimport import CsvReader
+from listmill.csvimport import CsvReader, read_header
 from listmill.keyhash import key_hashes, legacy_key_hashes
 from listmill.settings import Settings
 from tests.conftest import Api, RunJobs, analyze_count, form_post, wait_for_job
@@ -343,6 +343,32 @@ async def test_a_form_upload_in_chunks_shorter_than_its_boundary(
     assert job["counts"] == {"created": 2}
     names = await db.fetch("SELECT email, data->>'name' FROM contacts ORDER BY email")
     assert [tuple(r) for r in names] == [("ann@example.com", "Ann"), ("bo@example.com", "Bo")]
+
+
+async def test_an_old_mac_file_is_stored_with_line_feeds_and_read_a_chunk_at_a_time(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection, settings: Settings
+) -> None:
+    """Lines that end with a carriage return alone (Excel's "CSV (Macintosh)") were, to the
+    import, one record's worth of text: held whole, then parsed at once (a 20 MB file took
+    275 MB). They are stored with line feeds (listmill.lineends)."""
+    settings.upload_chunk_bytes = 1000
+    rows = [b"email,first_name,notes"] + [b"u%d@example.com,U%d,n" % (i, i) for i in range(300)]
+    rows[100] = b"not-an-email,X,"  # row 101, the header being row 1
+    rows[200] = b'q@example.com,Q,"two\rlines"'
+    status, body = await upload(api, b"\r".join(rows) + b"\r")
+    assert status == 202, body
+    chunks = [bytes(r[0]) for r in await db.fetch("SELECT data FROM job_file_chunks ORDER BY seq")]
+    assert len(chunks) > 5 and b"\r" not in b"".join(chunks)
+    reader = CsvReader(read_header(chunks[0]))
+    # rows from every chunk (the file's last line end, held until its end, is one of its own)
+    assert chunks[-1] == b"\n" and all(list(reader.feed(chunk)) for chunk in chunks[:-2])
+    await run_jobs()
+    job = await wait_for_job(api, body["data"]["id"])
+    assert job["counts"] == {"created": 299, "invalid": 1}, job
+    _, errors = await api.get(f"/jobs/{job['id']}/errors")
+    assert [e["row_number"] for e in errors["data"]] == [101]
+    notes = await db.fetchval("SELECT data->>'notes' FROM contacts WHERE email = 'q@example.com'")
+    assert notes == "two\nlines"
 
 
 async def test_a_header_row_longer_than_the_first_chunk_is_refused(
