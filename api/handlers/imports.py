@@ -29,10 +29,10 @@ from listmill.errors import (
     ValidationFailed,
 )
 from listmill.jobs.submit import Replay, Submission, earlier_job, fingerprint, store, wake
-from listmill.lineends import LoneReturns
 from listmill.queries import imports as queries
 from listmill.queries import lists as list_queries
 from listmill.records import Job, JobKind, ListStatus, OptInProcess
+from listmill.uploadtext import UploadText
 
 MAX_FIELD_BYTES = 4096  # an option's value; only the file part is large
 # the least a read of the file asks for, whatever UPLOAD_CHUNK_BYTES is: a form's part refuses
@@ -71,19 +71,19 @@ async def _store_file(
     413 past the upload limit, 422 when the header row has no email column. A file sent in
     another charset than UTF-8 (declared) is stored as UTF-8 (listmill.charsets): 415 for a
     charset that is not one of text, 422 for bytes that cannot be read in it. Old Mac line
-    ends are stored as line feeds (listmill.lineends)."""
+    ends are stored as line feeds, and Excel's sep= line is dropped (listmill.uploadtext)."""
     settings = request.app[SETTINGS]
     size, seq, digest = 0, 0, hashlib.sha256()
     try:
-        transcoder, line_ends = Transcoder(source.charset), LoneReturns()
+        transcoder, text = Transcoder(source.charset), UploadText()
         async for chunk, more in _chunks(source.read, settings.upload_chunk_bytes):
             size += len(chunk)
             if size > settings.max_upload_bytes:
                 raise PayloadTooLarge(f"the file is larger than {settings.max_upload_bytes} bytes")
             digest.update(chunk)
-            await _store_chunk(conn, job_id, seq, line_ends.feed(transcoder.feed(chunk)), more)
+            await _store_chunk(conn, job_id, seq, text.feed(transcoder.feed(chunk)), more)
             seq += 1
-        if rest := line_ends.feed(transcoder.finish()) + line_ends.finish():
+        if rest := text.feed(transcoder.finish()) + text.finish():
             await _store_chunk(conn, job_id, seq, rest, more=False)
             seq += 1
     except UnknownCharset as exc:

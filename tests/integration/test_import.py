@@ -371,6 +371,18 @@ async def test_an_old_mac_file_is_stored_with_line_feeds_and_read_a_chunk_at_a_t
     assert notes == "two\nlines"
 
 
+async def test_excels_sep_line_is_not_the_header(api: Api, run_jobs: RunJobs) -> None:
+    """A file Excel is told the delimiter of (its first line ``sep=;``, which Excel hides):
+    the header is the line after it, row 1, as Excel shows it."""
+    data = b"\xef\xbb\xbfsep=;\r\nEmail Address;First Name\r\nann@x.io;Ann\r\nnot-an-email;X\r\n"
+    job = await run_import(api, run_jobs, data)
+    assert job["counts"] == {"created": 1, "invalid": 1}, job
+    _, errors = await api.get(f"/jobs/{job['id']}/errors")
+    assert [e["row_number"] for e in errors["data"]] == [3]
+    _, contacts = await api.get("/contacts")
+    assert [(c["email"], c["first_name"]) for c in contacts["data"]] == [("ann@x.io", "Ann")]
+
+
 async def test_a_header_row_longer_than_the_first_chunk_is_refused(
     api: Api,
     db: asyncpg.Connection,

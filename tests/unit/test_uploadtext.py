@@ -1,10 +1,11 @@
-"""lineends: an old Mac file's carriage returns become line feeds, however it is cut."""
+"""uploadtext: an old Mac file's carriage returns become line feeds, and Excel's sep= line goes,
+however the upload is cut."""
 
 from __future__ import annotations
 
 import pytest
 
-from listmill.lineends import LoneReturns
+from listmill.uploadtext import UploadText
 
 FILES = [
     # (as uploaded, as stored)
@@ -21,11 +22,31 @@ FILES = [
 
 
 def stored(data: bytes, cuts: list[int]) -> bytes:
-    lone, out, at = LoneReturns(), [], 0
+    text, out, at = UploadText(), [], 0
     for cut in [*cuts, len(data)]:
-        out.append(lone.feed(data[at:cut]))
+        out.append(text.feed(data[at:cut]))
         at = cut
-    return b"".join(out) + lone.finish()
+    return b"".join(out) + text.finish()
+
+
+SEP_FILES = [
+    (b"sep=;\r\nemail;name\r\na@x.io;A\r\n", b"email;name\r\na@x.io;A\r\n"),
+    (b"\xef\xbb\xbfSEP=,\nemail,name\n", b"\xef\xbb\xbfemail,name\n"),
+    (b"sep=\t\remail\tname\ra@x.io\tA\r", b"email\tname\na@x.io\tA\n"),
+    (b"sep=;\r\n", b""),
+    (b"email\nsep=;\n", None),  # only before the header
+    (b"separate,email\n", None),
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), SEP_FILES)
+def test_excels_sep_line_goes_if_the_first_chunk_has_it(
+    data: bytes, expected: bytes | None
+) -> None:
+    expected = data if expected is None else expected
+    first_line = data.find(b"\n") + 1 or len(data)
+    for cut in range(first_line, len(data) + 1):
+        assert stored(data, [cut]) == expected, cut
 
 
 @pytest.mark.parametrize(("data", "expected"), FILES)
