@@ -55,7 +55,8 @@ COMMON_EMAIL = (
 _SPECIAL_TLD = r"\.(?:" + "|".join(sorted(SPECIAL_TLDS)) + r")$"
 # a contact's columns in its line (Contacts.lines, queries.contacts.copy_lines)
 LINE_COLUMNS = ("email_normalized", "first_name", "last_name", "country", "time_zone", "data")
-LINE_HASH = "line_hash"  # Contacts.hashed's column
+LINE_HASH = "line_hash"  # Contacts.hashed's columns: the hash, and the line hashed
+LINE = "line"
 # the columns of a contact a block's fast rows become (see Contacts)
 CONTACT_COLUMNS = (
     "email", "email_normalized", "first_name", "last_name", "country", "time_zone", "data",
@@ -433,11 +434,12 @@ class Contacts:
     def hashed(self) -> Contacts:
         """These rows with the hash of each one's line (``line_hash``): COPYed in with its
         contact, for a later import to compare its rows with (knowncontacts)."""
-        hashes = pa.array(text_hashes(self.lines()), pa.int64())
-        table = self.table
-        if LINE_HASH in table.column_names:
-            table = table.drop_columns([LINE_HASH])
-        return Contacts(table.append_column(LINE_HASH, hashes))
+        lines = self.lines()
+        table = self.table.drop_columns(
+            [c for c in (LINE, LINE_HASH) if c in self.table.column_names]
+        )
+        table = table.append_column(LINE, lines)  # (copy_text's, then)
+        return Contacts(table.append_column(LINE_HASH, pa.array(text_hashes(lines), pa.int64())))
 
     def line_hashes(self) -> np.ndarray[Any, Any]:
         """The rows' line hashes (``hashed``)."""
@@ -456,7 +458,10 @@ class Contacts:
             return self.text
         if not len(self):
             return memoryview(b"")
-        if LINE_HASH in self.table.column_names:
+        names = self.table.column_names
+        if LINE in names and self.table.column(LINE).null_count == 0:  # all of them hashed
+            lines = self._hashed_text_format(project_id)
+        elif LINE_HASH in names:
             lines = self._text_format((*CONTACT_COLUMNS, LINE_HASH), f"{project_id}\n")
         else:
             lines = self._text_format(CONTACT_COLUMNS, "\\N", f"{project_id}\n")
@@ -465,6 +470,16 @@ class Contacts:
         at = np.frombuffer(offsets, dtype=np.int32)
         first, last = int(at[lines.offset]), int(at[lines.offset + len(lines)])
         return memoryview(data.slice(first, last - first))  # (no copy)
+
+    def _hashed_text_format(self, project_id: int) -> pa.Array:
+        """_text_format of NEW_COLUMNS for hashed rows: the email as given, then the line
+        (the other CONTACT_COLUMNS, made for the hash), its hash and the project id."""
+        email = _escaped(self.table.column("email"), _COPY_ESCAPES)  # (never null)
+        hashes = self.table.column(LINE_HASH).cast(pa.string())
+        line = pc.binary_join_element_wise(
+            email, self.table.column(LINE), hashes, _text(f"{project_id}\n"), _text("\t")
+        )
+        return line.combine_chunks() if isinstance(line, pa.ChunkedArray) else line
 
     def _text_format(self, names: Sequence[str], *last: str) -> pa.Array:
         """A line of COPY's text format a row: these columns escaped, NULL as \\N, tabs

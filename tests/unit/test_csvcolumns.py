@@ -288,6 +288,8 @@ def test_copy_text_is_copy_text_format_of_the_contacts_sorted_by_email() -> None
     ]
     both = concat([hashed, again])  # those not hashed have no hash
     assert len(both) == 4 and both.table.column("line_hash").to_pylist() == [*hashes, None, None]
+    texts = [bytes(c.copy_text(7)).splitlines() for c in (both, hashed, again)]
+    assert sorted(texts[0]) == sorted(texts[1] + texts[2])
     assert orjson.loads('{"Plan":"pro"}') == {"Plan": "pro"}
 
 
