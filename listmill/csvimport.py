@@ -7,7 +7,7 @@ import codecs
 import csv
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -193,10 +193,29 @@ def _unquoted_part(delimiter: str) -> re.Pattern[str]:
     return re.compile(f"[^{re.escape(delimiter)}\r\n]*")
 
 
+# a quoted field must close within this many characters of its opening quote: one that does not
+# (a stray quote, most likely) would otherwise hold the rest of the file in one row, in memory
+QUOTED_FIELD_LIMIT = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Unterminated:
+    """A record with a quoted field that does not close within QUOTED_FIELD_LIMIT characters
+    or before the file ends: its text up to the line end after that field's opening quote
+    (within the limit; the rest of a longer line is dropped). The next record begins there."""
+
+    text: str
+
+
+Piece = str | Unterminated  # whole records, or one that a quote never closed
+
+
 class RecordSplitter:
     """Cuts decoded text into complete CSV records across chunk boundaries: a newline ends a
     record only outside quotes. As csv reads them, a quote opens a quoted field only at the
-    start of a field (``5" screen`` is text), and inside one a doubled quote is a quote."""
+    start of a field (``5" screen`` is text), and inside one a doubled quote is a quote. Where a
+    record ends depends only on the text from its start, however the text is cut into pieces:
+    pass one and pass two of an import, fed differently, find the same records."""
 
     def __init__(self, delimiter: str) -> None:
         self._field_starts = (delimiter, "\n", "\r")
@@ -204,53 +223,74 @@ class RecordSplitter:
         # is where csv reads one (most files); the other quotes are followed one by one
         quoted = rf'(?:(?<=[{re.escape(delimiter)}\r\n])|\A)"(?:[^"]++|"")*+"(?!")'
         self._records = re.compile(rf'(?:(?:[^"\n]++|{quoted})*+\n)*')
-        self._pending: list[str] = []
+        self._pending: list[str] = []  # the start of a record not ended yet
+        self._fed = 0  # characters fed before the text being scanned
         self._in_quotes = False
+        self._opened = 0  # where the quoted field the text is in opened (counted as _fed is)
         # inside quotes the text ended on a quote: a closing one, or half of a doubled one?
         self._quote_at_end = False  # the next character tells
+        self._broken = False  # the quoted field does not close within the limit
+        self._skipping = False  # the rest of a broken record's line is dropped
         self._last = "\n"
-
-    @property
-    def unterminated(self) -> bool:
-        """Whether the text fed so far ends inside a quoted field."""
-        return self._in_quotes and not self._quote_at_end
+        self.ended_in_quotes = False  # once finished: a quoted field was open at the end
 
     @property
     def between_records(self) -> bool:
         """Whether the text fed so far ends a record (nothing of the next one is waiting)."""
-        return not any(self._pending)
+        return not (self._skipping or any(self._pending))
 
-    def feed(self, text: str) -> str:
-        """The complete records in what has been fed so far, as one block of text."""
-        if not text:
-            return ""
-        cut = self._scan(text)
-        self._last = text[-1]
-        if cut < 0:
+    def feed(self, text: str) -> list[Piece]:
+        """The complete records in what has been fed so far."""
+        pieces: list[Piece] = []
+        while text:
+            if self._skipping:
+                text = self._skip(text)
+                continue
+            cut = self._scan(text)
+            self._last, self._fed = text[-1], self._fed + len(text)
+            if self._broken:
+                text = self._break(text, cut, pieces)
+                continue
+            if cut >= 0:
+                done = "".join(self._pending) + text[:cut]
+                self._pending = []
+                pieces.append(done)
+                text = text[cut:]
             self._pending.append(text)
-            return ""
-        done = "".join(self._pending) + text[:cut]
-        self._pending = [text[cut:]]
-        return done
+            break
+        return pieces
+
+    def finish(self) -> list[Piece]:
+        """The rest: a last record without a line end, or records a quote never closed."""
+        pieces: list[Piece] = []
+        while self._in_quotes and not self._quote_at_end:
+            self.ended_in_quotes = True
+            pieces += self.feed(self._break("", -1, pieces))
+        rest, self._pending = "".join(self._pending), []
+        if rest and not self._skipping:
+            pieces.append(rest)
+        return pieces
 
     def _scan(self, text: str) -> int:
-        """Follow the quoting through ``text``; the end of its last record outside quotes, or -1."""
+        """Follow the quoting through ``text``; the end of its last record outside quotes, or -1
+        (up to a quoted field that does not close within the limit, if one opens in it)."""
         if not (self._in_quotes or self._quote_at_end or '"' in text):
             return text.rfind("\n") + 1 or -1  # no quote: each newline ends a record
         pos, cut, end = self._resume(text), -1, len(text)
-        while pos < end:
+        while pos < end and not self._broken:
             if self._in_quotes:
                 pos = self._past_closing(text, pos)
                 continue
             if (text[pos - 1] if pos else self._last) == "\n":
-                records = self._records.match(text, pos)  # matches, if only the empty string
-                if records and records.end() > pos:
+                # (its quoted fields close within the limit, as they lie within it)
+                records = self._records.match(text, pos, pos + QUOTED_FIELD_LIMIT)
+                if records and records.end() > pos:  # (it matches the empty string at least)
                     cut = pos = records.end()
                     continue
             newline = text.find("\n", pos)
             opening = self._next_opening(text, pos, end if newline < 0 else newline)
             if opening >= 0:
-                self._in_quotes, pos = True, opening + 1
+                self._in_quotes, self._opened, pos = True, self._fed + opening, opening + 1
             elif newline >= 0:
                 cut = pos = newline + 1
             else:
@@ -268,15 +308,50 @@ class RecordSplitter:
         return 0
 
     def _past_closing(self, text: str, pos: int) -> int:
-        """From inside a quoted field: past its closing quote, or the end of the text."""
-        closing = _CLOSING.match(text, pos)
+        """From inside a quoted field: past its closing quote, or the end of the text; or, if
+        the field does not close within the limit, the end of the text, the field broken."""
+        closing, end = _CLOSING.match(text, pos), len(text)
+        # the last character that may close it: the closing quote, or the last one in the text
+        last = self._fed + (closing.end() if closing else end) - 1
+        if last > self._opened + QUOTED_FIELD_LIMIT:
+            self._broken = True
+            return end
         if closing is None:
-            return len(text)
-        if closing.end() == len(text):
+            return end
+        if closing.end() == end:
             self._quote_at_end = True
-            return len(text)
+            return end
         self._in_quotes = False
         return closing.end()
+
+    def _break(self, text: str, cut: int, pieces: list[Piece]) -> str:
+        """A quoted field opened in the record that ``text`` ends in (at ``cut``, or before
+        ``text``) does not close within the limit: the records before it and it, Unterminated,
+        go to ``pieces``; the text after it is returned, to be read as records anew."""
+        if cut >= 0:
+            pieces.append("".join(self._pending) + text[:cut])
+            record = text[cut:]
+        else:
+            record = "".join(self._pending) + text
+        opening = self._opened - (self._fed - len(record))
+        line_end = record.find("\n", opening, opening + QUOTED_FIELD_LIMIT) + 1
+        stop = line_end or opening + QUOTED_FIELD_LIMIT
+        pieces.append(Unterminated(record[:stop]))
+        self._pending, self._in_quotes, self._quote_at_end = [], False, False
+        self._broken, self._skipping, self._last = False, not line_end, "\n"
+        rest = record[stop:]
+        self._fed -= len(rest)
+        return rest
+
+    def _skip(self, text: str) -> str:
+        """Drop the text up to the next line end (a broken record's); the text after it."""
+        line_end = text.find("\n") + 1
+        if not line_end:
+            self._fed += len(text)
+            return ""
+        self._fed += line_end
+        self._skipping, self._last = False, "\n"
+        return text[line_end:]
 
     def _next_opening(self, text: str, pos: int, end: int) -> int:
         """The first quote at the start of a field between two positions, or -1."""
@@ -288,17 +363,13 @@ class RecordSplitter:
             quote = text.find('"', quote + 1, end)
         return -1
 
-    def finish(self) -> str:
-        rest, self._pending = "".join(self._pending), []
-        return rest
-
 
 @dataclass(slots=True)
 class ParsedRow:
     number: int  # the row as a spreadsheet shows it: the header is row 1
     values: list[str]
     undecodable: bool = False
-    unterminated: bool = False  # a quoted field opened in it is never closed
+    unterminated: bool = False  # a quoted field opened in it does not close (Unterminated)
     nul: bool = False  # a value holds U+0000
 
 
@@ -344,35 +415,30 @@ class CsvReader:
 
     @property
     def ends_in_quotes(self) -> bool:
-        """Once finished: whether the file ends inside a quoted field (a quote never closed,
-        the rest of the file in it: a file cut short there, maybe), whether or not what is in
-        it makes a row."""
-        return self._splitter.unterminated
+        """Once finished: whether the file ends inside a quoted field (a file cut short there,
+        maybe, or a quote never closed)."""
+        return self._splitter.ended_in_quotes
 
     def finish(self) -> Iterator[ParsedRow | Block]:
         text = self._decoder.decode(b"", final=True)
-        last: ParsedRow | Block | None = None
-        rest = self._splitter.feed(text) + self._splitter.finish()
-        # a quote never closed: csv's rows, which tell it (Arrow would close it at the end)
-        for row in self._rows(rest, simple=self.simple and not self._splitter.unterminated):
-            if last is not None:
-                yield last
-            last = row
-        if isinstance(last, ParsedRow):  # the file's last record, unless that one was blank
-            last.unterminated = self._splitter.unterminated and last.number == self._number
-        if last is not None:
-            yield last
+        return self._rows(self._splitter.feed(text) + self._splitter.finish())
 
-    def _rows(self, block: str, simple: bool | None = None) -> Iterator[ParsedRow | Block]:
-        if not block:
-            return
-        simple = self.simple if simple is None else simple
-        if not self._header_skipped and simple:
+    def _rows(self, pieces: list[Piece]) -> Iterator[ParsedRow | Block]:
+        for piece in pieces:
+            if isinstance(piece, Unterminated):
+                # csv reads it as one record: the quoted field runs to its end
+                line = piece.text.removesuffix("\n").removesuffix("\r")
+                yield from self._parsed_rows(line, unterminated=True)
+            elif piece:
+                yield from self._block_rows(piece)
+
+    def _block_rows(self, block: str) -> Iterator[ParsedRow | Block]:
+        if not self._header_skipped and self.simple:
             header_end = block.find("\n") + 1
             line = block[:header_end].removesuffix("\n").removesuffix("\r")
             if header_end and '"' not in line and "\r" not in line:  # where csv ends it too
                 block, self._header_skipped = block[header_end:], True
-        if self._header_skipped and simple:
+        if self._header_skipped and self.simple:
             read = self._block(block)
             if read is not None:
                 yield read
@@ -392,17 +458,24 @@ class CsvReader:
             self._number += len(simple)
         return simple
 
-    def _parsed_rows(self, block: str) -> Iterator[ParsedRow]:
+    def _parsed_rows(self, block: str, unterminated: bool = False) -> Iterator[ParsedRow]:
+        """csv's rows of the block; with ``unterminated``, its last one is (csv ends it at the
+        block's end; a carriage return alone before the quote ends a record too)."""
         # invalid UTF-8 and NUL characters are rare: rows are looked at only if the block has any
         suspect, nul = _has_surrogates(block), "\x00" in block
-        for values in csv.reader(io.StringIO(block, newline=""), delimiter=self.header.delimiter):
+        records: Iterable[list[str]]
+        records = csv.reader(io.StringIO(block, newline=""), delimiter=self.header.delimiter)
+        if unterminated:
+            records = list(records)  # (the piece is at most a quoted field's limit long)
+        for index, values in enumerate(records):
             if not self._header_skipped:
                 self._header_skipped = True
                 continue
             self._number += 1
-            if not "".join(values).strip():  # a blank line
+            broken = unterminated and index == len(records) - 1  # type: ignore[arg-type]
+            if not broken and not "".join(values).strip():  # a blank line
                 continue
-            row = ParsedRow(self._number, values)
+            row = ParsedRow(self._number, values, unterminated=broken)
             if suspect or nul:  # in the values read (others are ignored)
                 read = [values[i] for i in self.header.used if i < len(values)]
                 row.undecodable = suspect and any(_has_surrogates(v) for v in read)
@@ -437,7 +510,9 @@ def _row_problem(row: ParsedRow) -> tuple[str, str] | None:
     if row.unterminated:
         return (
             "unterminated_quote",
-            "a quoted field in this row is never closed: the rest of the file is in it",
+            f"a quoted field in this row is not closed within {QUOTED_FIELD_LIMIT:,} characters"
+            " or before the file ends: the row ends with the line that quote opened on, and the"
+            " next line is the next row",
         )
     return None
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from listmill import csvimport
 from listmill.csvcolumns import Block, block_email_keys
 from listmill.csvimport import CsvReader, Header, ParsedRow, email_key, first_record
 from listmill.keyhash import HASHED_BYTES, hashes_at, key_hashes
@@ -125,6 +126,8 @@ def _quoted_bounds(lines: _Lines, header: Header) -> Bounds | None:
         return None  # a tab inside quotes: whitespace, which csv's blank line may be made of
     pairs = quotes.reshape(len(line_starts), 2 * columns)
     opening, closing = pairs[:, 0::2], pairs[:, 1::2]
+    if (closing - opening > csvimport.QUOTED_FIELD_LIMIT).any():
+        return None  # a quoted field too long to close: csv's reader ends its record early
     # the first quote begins the line and the last one ends it: each line has its own quotes
     if (opening[:, 0] != line_starts).any() or (closing[:, -1] + 1 != line_stops).any():
         return None

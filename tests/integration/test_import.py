@@ -676,7 +676,7 @@ NASTY = (
     b'Bo;bo@example.com;x;"' + b"z" * 200_000 + b'"\n'
     b"Cy;cy@example.com;7;ok\n"
     b'Di;di@example.com;8;"never closed\n'
-    b"Ed;ed@example.com;9;swallowed\n"
+    b"Ed;ed@example.com;9;next row\n"
 )
 
 
@@ -685,17 +685,39 @@ async def test_nasty_file_every_row_accounted_for_with_its_spreadsheet_row_numbe
 ) -> None:
     job = await run_import(api, run_jobs, NASTY)
     assert job["status"] == "succeeded", job
-    assert job["counts"] == {"created": 2, "invalid": 2}
+    assert job["counts"] == {"created": 3, "invalid": 2}
     rows = await db.fetch("SELECT email, data FROM contacts ORDER BY id")
     ann = {"Name, Full": "Lee, Ann", "Size, inches": '5" screen', "notes": "one\ntwo"}
     cy = {"Name, Full": "Cy", "Size, inches": "7", "notes": "ok"}
+    ed = {"Name, Full": "Ed", "Size, inches": "9", "notes": "next row"}  # not in Di's notes
     assert [(r["email"], json.loads(r["data"])) for r in rows] == [
-        ("ann@example.com", ann), ("cy@example.com", cy)
+        ("ann@example.com", ann), ("cy@example.com", cy), ("ed@example.com", ed)
     ]  # fmt: skip
     _, errors = await api.get(f"/jobs/{job['id']}/errors")
     assert [(e["row_number"], e["email"], e["code"]) for e in errors["data"]] == [
         (3, "bo@example.com", "invalid_field"), (5, "di@example.com", "unterminated_quote"),
     ]  # fmt: skip
+
+
+async def test_a_stray_quote_is_one_error_row_in_a_file_past_the_quoted_field_limit(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    """The quote opened in row 3 would close in the file's last row, 1.5 MB on: past the
+    limit, so row 3 ends with its line and every row after it is a contact (pass one, which
+    cuts keys out of the bytes, counts the rows pass two reads)."""
+    rows = b"".join(b"u%05d@example.com,First %d\n" % (i, i) for i in range(60_000))
+    data = b'email,first_name\na@example.com,A\nb@example.com,"B\n' + rows + b'z@example.com,Z"\n'
+    job = await run_import(api, run_jobs, data)
+    assert job["status"] == "succeeded", job
+    assert job["counts"] == {"created": 60_002, "invalid": 1}
+    assert job["progress"]["total"] == 60_003
+    _, errors = await api.get(f"/jobs/{job['id']}/errors")
+    assert [(e["row_number"], e["email"], e["code"]) for e in errors["data"]] == [
+        (3, "b@example.com", "unterminated_quote")
+    ]
+    last = await db.fetchrow("SELECT first_name FROM contacts WHERE email = 'z@example.com'")
+    assert last["first_name"] == 'Z"'  # a quote inside an unquoted field is text
+    assert await db.fetchval("SELECT count(*) FROM contacts WHERE email LIKE 'u%'") == 60_000
 
 
 async def test_mirror_keeps_members_whose_row_is_invalid_for_another_reason_than_the_email(
@@ -729,9 +751,9 @@ async def test_mirror_keeps_members_whose_row_is_invalid_for_another_reason_than
 async def test_a_mirror_import_of_a_broken_file_unsubscribes_nobody(
     api: Api, run_jobs: RunJobs, db: asyncpg.Connection
 ) -> None:
-    """A file that ends inside a quoted field (cut short inside it, maybe, or the quote took
-    in the file's later lines: who else is in the file is not known), or a file in which no
-    row names a valid email: no member is unsubscribed."""
+    """A file that ends inside a quoted field (cut short inside it, maybe, or a quote never
+    closed: the lines after it are read as rows, but who else was in the file is not known),
+    or a file in which no row names a valid email: no member is unsubscribed."""
     _, made = await api.post("/lists", {"name": "Mirror"})
     list_id = made["data"]["id"]
     members = b"email\n" + b"".join(b"u%d@example.com\n" % i for i in range(10))

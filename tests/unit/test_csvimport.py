@@ -5,17 +5,23 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from listmill import csvimport
+from listmill.csvcolumns import Block
 from listmill.csvimport import (
     PAST_FIRST_CHUNK,
+    QUOTED_FIELD_LIMIT,
     CsvReader,
     HeaderError,
     ParsedRow,
+    Piece,
     RowError,
+    Unterminated,
     contact_from_row,
     read_header,
 )
@@ -48,17 +54,30 @@ def test_quoted_newlines_quotes_crlf_and_bom_across_chunks(chunk: int) -> None:
 @given(
     body=st.text(alphabet='a,"\n\r', max_size=200),
     cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=8),
+    limit=st.sampled_from([3, 10, QUOTED_FIELD_LIMIT]),
 )
-def test_any_chunking_gives_the_rows_of_the_whole_text(body: str, cuts: list[int]) -> None:
+def test_any_chunking_gives_the_rows_of_the_whole_text(
+    body: str, cuts: list[int], limit: int
+) -> None:
+    """csv's rows of the text's records (csvimport.RecordSplitter); a record whose quote does
+    not close is one row, however the text reads after it."""
     data = ("email\n" + body).encode()
-    reader = CsvReader(read_header(data))
-    rows: list[ParsedRow] = []
-    bounds = [0, *sorted(cuts), len(data)]
-    for start, end in itertools.pairwise(bounds):
-        rows += reader.feed(data[start:end])
-    rows += reader.finish()
-    whole = list(csv.reader(io.StringIO(data.decode(), newline="")))[1:]
-    assert [r.values for r in rows] == [v for v in whole if "".join(v).strip()]
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(csvimport, "QUOTED_FIELD_LIMIT", limit)
+        reader = CsvReader(read_header(data))
+        rows: list[ParsedRow] = []
+        bounds = [0, *sorted(cuts), len(data)]
+        for start, end in itertools.pairwise(bounds):
+            rows += reader.feed(data[start:end])
+        rows += reader.finish()
+    expected = []
+    for text, broken in _joined(reference_pieces(body, ",", limit)):
+        line = text.removesuffix("\n").removesuffix("\r") if broken else text
+        records = list(csv.reader(io.StringIO(line, newline="")))
+        *ended, last = records if broken else [*records, None]
+        expected += [(v, False) for v in ended if "".join(v).strip()]
+        expected += [(last, True)] if last is not None else []
+    assert [(r.values, r.unterminated) for r in rows] == expected
 
 
 @pytest.mark.parametrize(
@@ -128,20 +147,114 @@ def test_a_quote_inside_an_unquoted_field_is_text_not_the_start_of_a_quoted_fiel
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 10_000])
-def test_a_quoted_field_never_closed_is_an_error_row_not_the_rest_of_the_file(chunk: int) -> None:
+def test_a_quote_never_closed_is_an_error_row_and_the_next_line_the_next_row(chunk: int) -> None:
     header = read_header(b"email,first_name\n")
-    data = b'email,first_name\na@example.com,A\nb@example.com,"B\nc@example.com,C\n'
+    data = b'email,first_name\na@example.com,A\nb@example.com,"B\r\nc@example.com,C\n'
     rows = parse(data, chunk)
-    assert [r.number for r in rows] == [2, 3]
+    assert [(r.number, r.values, r.unterminated) for r in rows] == [
+        (2, ["a@example.com", "A"], False),
+        (3, ["b@example.com", "B"], True),  # up to its line end, without it
+        (4, ["c@example.com", "C"], False),
+    ]
+    lone = parse(b'email,first_name\n"\n', chunk)  # a lone quote is no blank line
+    assert [(r.number, r.values, r.unterminated) for r in lone] == [(2, [""], True)]
     error = contact_from_row(header, rows[1])
     assert isinstance(error, RowError) and error.code == "unterminated_quote"
     assert error.number == 3 and error.email == "b@example.com"
-    assert isinstance(contact_from_row(header, rows[0]), dict)
+    assert isinstance(contact_from_row(header, rows[2]), dict)
+
+
+def test_a_stray_quote_in_a_large_file_holds_at_most_the_limit() -> None:
+    """The quote in row 2 would close in the last row: every row between is a row of its own,
+    and the reader never holds more than the limit and a chunk of text."""
+    rows = b"".join(b"u%d@example.com,First %d\n" % (i, i) for i in range(200_000))
+    data = b'email,first_name\na@example.com,"Ann\n' + rows + b'z@example.com,Zed"\n'
+    reader, chunk, held, numbers = CsvReader(read_header(data[:4096]), simple=True), 65536, 0, []
+    for start in range(0, len(data), chunk):
+        numbers += _numbers(reader.feed(data[start : start + chunk]))
+        held = max(held, len("".join(reader._splitter._pending)))
+    numbers += _numbers(reader.finish())
+    assert len(data) > 5 * QUOTED_FIELD_LIMIT and held <= QUOTED_FIELD_LIMIT + chunk
+    assert numbers == [2, *range(3, 200_003), 200_003]
+
+
+def _numbers(rows: Iterator[ParsedRow | Block]) -> list[int]:
+    numbers: list[int] = []
+    for row in rows:
+        first = row.first_number if isinstance(row, Block) else row.number
+        numbers += range(first, first + (len(row) if isinstance(row, Block) else 1))
+    return numbers
+
+
+def reference_pieces(text: str, delimiter: str, limit: int) -> list[tuple[str, bool]]:
+    """The records of a text read character by character, as the rule says: a quote at the
+    start of a field opens a quoted field, which the next quote that is not doubled closes if
+    that quote lies at most ``limit`` characters past the opening one. If none does, the
+    record is broken: it ends at the first line end within the limit past the opening quote,
+    or at the limit, and then the rest of that line is dropped. Each piece is (text, broken)."""
+    pieces: list[tuple[str, bool]] = []
+    start = i = 0
+    opened: int | None = None
+    while True:
+        if opened is not None and (i >= len(text) or i > opened + limit):
+            line_end = text.find("\n", opened, opened + limit)
+            stop = line_end + 1 if line_end >= 0 else opened + limit
+            pieces.append((text[start:stop], True))
+            i = stop if line_end >= 0 else text.find("\n", stop) + 1 or len(text)
+            start, opened = i, None
+            continue
+        if i >= len(text):
+            break
+        c = text[i]
+        if opened is not None:
+            if c == '"' and text[i + 1 : i + 2] == '"':
+                i += 1  # a doubled quote
+            elif c == '"':
+                opened = None
+        elif c == '"' and (i == start or text[i - 1] in (delimiter, "\n", "\r")):
+            opened = i
+        elif c == "\n":
+            pieces.append((text[start : i + 1], False))
+            start = i + 1
+        i += 1
+    if start < len(text):
+        pieces.append((text[start:], False))
+    return pieces
+
+
+def _joined(pieces: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """Records next to each other joined, unless broken; no empty piece."""
+    joined: list[tuple[str, bool]] = []
+    for text, broken in pieces:
+        if joined and not broken and not joined[-1][1]:
+            joined[-1] = (joined[-1][0] + text, False)
+        elif text or broken:
+            joined.append((text, broken))
+    return joined
+
+
+@given(
+    body=st.text(alphabet='a;"\n\r', max_size=120),
+    cuts=st.lists(st.integers(min_value=0, max_value=120), max_size=8),
+    limit=st.integers(min_value=1, max_value=12),
+)
+def test_records_are_the_rules_whatever_the_chunking(
+    body: str, cuts: list[int], limit: int
+) -> None:
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(csvimport, "QUOTED_FIELD_LIMIT", limit)
+        splitter = csvimport.RecordSplitter(";")
+        pieces: list[Piece] = []
+        for start, end in itertools.pairwise([0, *sorted(cuts), len(body)]):
+            pieces += splitter.feed(body[start:end])
+        pieces += splitter.finish()
+    found = [(p.text, True) if isinstance(p, Unterminated) else (p, False) for p in pieces]
+    assert _joined(found) == _joined(reference_pieces(body, ";", limit))
 
 
 def test_a_field_over_csv_s_own_limit_is_an_error_row_not_a_crash() -> None:
     header = read_header(b"email,notes\n")
-    data = b'email,notes\na@example.com,"' + b"z" * (1 << 20) + b'"\nb@example.com,ok\n'
+    data = b'email,notes\na@example.com,"' + b"z" * 200_000 + b'"\nb@example.com,ok\n'
     rows = parse(data, 64 * 1024)
     assert [r.number for r in rows] == [2, 3]
     error = contact_from_row(header, rows[0])

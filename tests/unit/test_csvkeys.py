@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 
+from listmill import csvimport
 from listmill.csvimport import CsvReader, ParsedRow, email_key, read_header
 from listmill.csvkeys import KeyHashes, KeyReader, Keys, Slices, hashed_keys, simple_keys
 from listmill.keyhash import key_hashes, legacy_key_hashes
@@ -165,3 +166,29 @@ def test_another_hash_reads_every_block_as_csv() -> None:
     got, sliced = pass_one(data, 10, legacy_key_hashes)
     assert sliced == 0
     assert got.tolist() == expected.tolist()
+
+
+def with_stray_quotes(data: bytes, rng: random.Random, delimiter: bytes) -> bytes:
+    """The file with a quote opening a field now and then that nothing closes on purpose."""
+    lines = data.split(b"\n")
+    for i in rng.sample(range(1, len(lines)), len(lines) // 40):
+        cut = lines[i].find(delimiter)
+        lines[i] = lines[i][: cut + 1] + b'"' + lines[i][cut + 1 :]
+    return b"\n".join(lines)
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_pass_one_agrees_where_quotes_do_not_close_within_the_limit(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pass two reads the file in the stored chunks, pass one as blocks and the rest: where a
+    record a stray quote breaks ends does not depend on that (csvimport.QUOTED_FIELD_LIMIT)."""
+    monkeypatch.setattr(csvimport, "QUOTED_FIELD_LIMIT", 300)
+    data = with_stray_quotes(
+        seeded_file(seed, 600), random.Random(seed), b",;\t"[seed % 3 : seed % 3 + 1]
+    )
+    rows = [*CsvReader(read_header(data)).feed(data)]
+    assert sum(isinstance(r, ParsedRow) and r.unterminated for r in rows) > 3, "none broken"
+    expected = row_by_row(data)
+    for chunk in (7, 300, 4096, len(data)):
+        assert pass_one(data, chunk)[0].tolist() == expected.tolist(), chunk

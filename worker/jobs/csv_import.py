@@ -17,7 +17,7 @@ A mirror import stages every row, for its last batch looks for every email of th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -83,7 +83,7 @@ async def _file_rows(
             seq += 1
             chunk = await queries.read_chunk(conn, job.id, seq)
             if chunk is None:
-                rows += reader.finish()
+                rows += await asyncio.to_thread(_validated, reader.header, reader.finish())
                 yield reader.header, rows, reader.ends_in_quotes
                 return
             parsing = asyncio.ensure_future(asyncio.to_thread(_fed, reader, chunk))
@@ -93,7 +93,10 @@ async def _file_rows(
 
 
 def _fed(reader: CsvReader, chunk: bytes) -> list[Parsed]:
-    header, rows = reader.header, reader.feed(chunk)
+    return _validated(reader.header, reader.feed(chunk))
+
+
+def _validated(header: Header, rows: Iterable[ParsedRow | Block]) -> list[Parsed]:
     return [columns_of(header, row) if isinstance(row, Block) else row for row in rows]
 
 
