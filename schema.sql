@@ -68,8 +68,9 @@ ALTER TABLE contacts DROP CONSTRAINT IF EXISTS contacts_project_id_fkey;
 -- The hash of a contact's line (listmill.keyhash.text_hashes of csvcolumns.Contacts.lines: its
 -- LINE_COLUMNS in COPY's text format), kept by the import that made it: a re-import
 -- reads these 8 bytes instead of the line, whose jsonb Postgres would turn into text (half of
--- the read's cost: knowncontacts). NULL where not known; every writer of these columns sets it
--- NULL (queries.contacts), and so does the trigger below for any other UPDATE of them. A
+-- the read's cost: knowncontacts). NULL where not known; the merges set it NULL where they
+-- change a contact (queries.contacts), and the trigger below does for any other UPDATE of
+-- these columns (a PATCH of one; not of the status or the email's case, which keep it). A
 -- release that changes the line or the hash must clear it first (UPDATE ... SET line_hash =
 -- NULL): a stale hash that matched a row would have it counted unchanged and not written.
 ALTER TABLE contacts ADD COLUMN IF NOT EXISTS line_hash bigint;

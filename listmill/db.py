@@ -102,9 +102,10 @@ async def create_pool(settings: Settings, *, synchronous_commit: bool = True) ->
     written for. Under REPEATABLE READ a DELETE of a list that waited for a writer's import
     would miss that writer's memberships and leave them behind. With
     ``synchronous_commit=False`` a commit returns before its WAL is on disk (for the workers:
-    see worker.settings.make_context). Both are startup parameters, so they hold for every use
-    of a connection."""
-    startup = {"default_transaction_isolation": "read committed"}
+    see worker.settings.make_context). ``bytea_output`` is hex whatever the database's, as
+    the read of the contacts' kept line hashes parses it (queries.contacts.copy_lines). They
+    are startup parameters, so they hold for every use of a connection."""
+    startup = {"default_transaction_isolation": "read committed", "bytea_output": "hex"}
     if not synchronous_commit:
         startup["synchronous_commit"] = "off"
     pool = await asyncpg.create_pool(

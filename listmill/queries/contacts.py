@@ -256,7 +256,7 @@ async def update_contact(
     try:
         row = await conn.fetchrow(
             f"""
-            UPDATE contacts SET {assignments}, updated_at = now(), line_hash = NULL
+            UPDATE contacts SET {assignments}, updated_at = now()
             WHERE project_id = $1 AND id = $2 AND ({changed})
             RETURNING {COLUMNS}
             """,
