@@ -456,10 +456,14 @@ async def keep_statistics(conn: Connection, project_id: int, known: int) -> bool
     than half of the ``known`` contacts it has at least; whether it did. A project the
     statistics do not know (a new one) is believed to hold about one contact, and a lookup
     by email was then planned as a walk of the project's (project_id, id) index, once per
-    email: minutes per batch. As the import doubles a project, it ANALYZEs about once."""
+    email: minutes per batch. As the import doubles a project, it ANALYZEs about once: the
+    two columns those lookups are planned with (50,000 contacts: 24 ms, against 135 ms for
+    every column; 1,000,000: 100 ms against 225), and the table's size. The others wait for
+    refresh_statistics once the import ended, or autovacuum, whose count of changes since
+    the last ANALYZE only an ANALYZE of every column resets."""
     if known < 1000 or await believed_count(conn, project_id) * 2 >= known:
         return False
-    await conn.execute("ANALYZE contacts")
+    await conn.execute("ANALYZE contacts (project_id, email_normalized)")
     return True
 
 

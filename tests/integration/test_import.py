@@ -971,6 +971,10 @@ async def test_an_import_keeps_the_statistics_of_a_project_they_do_not_know(
             known = await contacts.count_project(conn, api.project_id)
             assert known == 5000
             assert await contacts.keep_statistics(conn, api.project_id, known) is True
+            assert await contacts.believed_count(conn, api.project_id) == known
+            # the columns the lookups are planned with (the others: refresh_statistics)
+            analyzed = "SELECT attname FROM pg_stats WHERE tablename = 'contacts'"
+            assert {r[0] for r in await conn.fetch(analyzed)} == {"project_id", "email_normalized"}
             assert await contacts.keep_statistics(conn, api.project_id, known) is False
             assert await contacts.keep_statistics(conn, api.project_id, 3 * known) is True
     finally:

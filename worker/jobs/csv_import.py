@@ -667,7 +667,7 @@ async def _planned(conn: Connection, job: JobRow, known: int) -> None:
     has ``known`` contacts at least (keep_statistics), or the lookups may be planned as a walk
     of the whole project per email. Rows COPYed in as new look nothing up: a new project's
     import, whose batches are all COPYed, leaves the ANALYZEs that other lookups need to
-    _statistics_behind (about 100 ms each, five of them in a 1,000,000-row import; in the
+    _statistics_behind (25-100 ms each, five of them in a 1,000,000-row import; in the
     batch, the first one held the second batch up)."""
     await contact_queries.keep_statistics(conn, job.project_id, known)
 
