@@ -176,7 +176,7 @@ async def upload_peak(integrator: client.Client, path: Path) -> tuple[list[int],
 
 
 async def test_a_file_is_streamed_in_chunks_and_memory_stays_flat(
-    api: Api, serve: Serve, tmp_path: Path
+    api: Api, serve: Serve, tmp_path: Path, settings: Settings
 ) -> None:
     service = await serve()
     peaks = []
@@ -188,8 +188,10 @@ async def test_a_file_is_streamed_in_chunks_and_memory_stays_flat(
             progress, peak = await upload_peak(integrator, path)
         assert progress[-1] == size and len(progress) == -(-size // client.UPLOAD_CHUNK_BYTES)
         peaks.append(peak)
-    # five times the file, about the same peak (client and server, in this one process)
-    assert peaks[1] < peaks[0] + 2_000_000, peaks
+    # five times the file (38 MB more), about the same peak (client and server, in this one
+    # process): what is in flight at the peak varies by a chunk or two with the machine's load
+    # (7.4 and 9.5 MB in one run of the whole suite), never by the file's size
+    assert peaks[1] < peaks[0] + 4 * settings.upload_chunk_bytes, peaks
 
 
 @pytest.mark.usefixtures("workers")
