@@ -166,19 +166,24 @@ def _header_record(text: str, more: bool) -> tuple[str, str]:
     return delimiter, record
 
 
+# a quoted field must close within this many characters of its opening quote: one that does not
+# (a stray quote, most likely) would otherwise hold the rest of the file in one row, in memory
+QUOTED_FIELD_LIMIT = 1 << 20
+
+
 # from inside a quoted field: up to its closing quote (one not doubled)
 _CLOSING = re.compile(r'(?:[^"]++|"")*+"(?!")')
 
 
 def first_record(text: str, delimiter: str) -> str | None:
     """The text's first record as csv reads it, without its line end; None if a quote opened
-    in it is never closed in the text."""
+    in it is never closed in the text (or not within QUOTED_FIELD_LIMIT, as the reader has it)."""
     unquoted = _unquoted_part(delimiter)
     pos, end = 0, len(text)
     while True:  # at the start of a field
         if text.startswith('"', pos):
             closing = _CLOSING.match(text, pos + 1)
-            if closing is None:
+            if closing is None or closing.end() - 1 - pos > QUOTED_FIELD_LIMIT:
                 return None
             pos = closing.end()
         pos = unquoted.match(text, pos).end()  # type: ignore[union-attr]  # (csv's, after a quote too)
@@ -191,11 +196,6 @@ def first_record(text: str, delimiter: str) -> str | None:
 @cache
 def _unquoted_part(delimiter: str) -> re.Pattern[str]:
     return re.compile(f"[^{re.escape(delimiter)}\r\n]*")
-
-
-# a quoted field must close within this many characters of its opening quote: one that does not
-# (a stray quote, most likely) would otherwise hold the rest of the file in one row, in memory
-QUOTED_FIELD_LIMIT = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +232,9 @@ class RecordSplitter:
         self._broken = False  # the quoted field does not close within the limit
         self._skipping = False  # the rest of a broken record's line is dropped
         self._last = "\n"
-        self.ended_in_quotes = False  # once finished: a quoted field was open at the end
+        # a quoted field did not close (within the limit, or before the file ended): every
+        # row is read still, but which rows the file was meant to hold is not known
+        self.quote_never_closed = False
 
     @property
     def between_records(self) -> bool:
@@ -264,7 +266,6 @@ class RecordSplitter:
         """The rest: a last record without a line end, or records a quote never closed."""
         pieces: list[Piece] = []
         while self._in_quotes and not self._quote_at_end:
-            self.ended_in_quotes = True
             pieces += self.feed(self._break("", -1, pieces))
         rest, self._pending = "".join(self._pending), []
         if rest and not self._skipping:
@@ -302,8 +303,9 @@ class RecordSplitter:
         if not self._quote_at_end:
             return 0
         self._quote_at_end = False
-        if text[0] == '"':
-            return 1  # a doubled quote: still inside
+        if text[0] == '"':  # a doubled quote: still inside, and past the limit, maybe
+            self._broken = self._fed > self._opened + QUOTED_FIELD_LIMIT
+            return 1
         self._in_quotes = False
         return 0
 
@@ -328,6 +330,7 @@ class RecordSplitter:
         """A quoted field opened in the record that ``text`` ends in (at ``cut``, or before
         ``text``) does not close within the limit: the records before it and it, Unterminated,
         go to ``pieces``; the text after it is returned, to be read as records anew."""
+        self.quote_never_closed = True
         if cut >= 0:
             pieces.append("".join(self._pending) + text[:cut])
             record = text[cut:]
@@ -414,10 +417,11 @@ class CsvReader:
         return self._splitter.between_records
 
     @property
-    def ends_in_quotes(self) -> bool:
-        """Once finished: whether the file ends inside a quoted field (a file cut short there,
-        maybe, or a quote never closed)."""
-        return self._splitter.ended_in_quotes
+    def quote_never_closed(self) -> bool:
+        """Whether a quoted field of the file did not close within the limit or before the
+        file ended (a stray quote, or a file cut short inside a quoted field): its rows were
+        read as the rule says, but which rows the file was meant to hold is not known."""
+        return self._splitter.quote_never_closed
 
     def finish(self) -> Iterator[ParsedRow | Block]:
         text = self._decoder.decode(b"", final=True)

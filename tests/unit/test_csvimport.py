@@ -249,7 +249,48 @@ def test_records_are_the_rules_whatever_the_chunking(
             pieces += splitter.feed(body[start:end])
         pieces += splitter.finish()
     found = [(p.text, True) if isinstance(p, Unterminated) else (p, False) for p in pieces]
-    assert _joined(found) == _joined(reference_pieces(body, ";", limit))
+    expected = _joined(reference_pieces(body, ";", limit))
+    assert _joined(found) == expected
+    assert splitter.quote_never_closed == any(broken for _, broken in expected)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 10_000])
+def test_whether_a_quote_never_closed_is_told_whatever_the_chunking(chunk: int) -> None:
+    """A mirror import unsubscribes nobody if a quote of the file never closed: it must be
+    told so for a file cut short inside a quoted field past the limit, one whose broken line
+    runs to the file's end (line ends the reader does not cut at: carriage returns alone),
+    and one whose doubled quote past the limit is split from its first half."""
+    files = [
+        b'email,n\na@x.io,"line one\nline two\nb@x.io,line three',
+        b'email,n\na@x.io,"1\rb@x.io,2\rc@x.io,3\rd@x.io,4\re@x.io,5\r',
+        b'email,n\na@x.io,"xy""',
+    ]
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(csvimport, "QUOTED_FIELD_LIMIT", 5)
+        for data in files:
+            reader = CsvReader(read_header(data), simple=True)
+            rows: list[ParsedRow | Block] = []
+            for start in range(0, len(data), chunk):
+                rows += reader.feed(data[start : start + chunk])
+            rows += reader.finish()
+            assert reader.quote_never_closed, data
+            assert any(isinstance(r, ParsedRow) and r.unterminated for r in rows), data
+        clean = b'email,n\na@x.io,"1\n2"\nb@x.io,"x""y"\n'
+        reader = CsvReader(read_header(clean), simple=True)
+        list(reader.feed(clean))
+        list(reader.finish())
+        assert not reader.quote_never_closed
+
+
+def test_a_header_whose_quoted_name_is_past_the_limit_is_refused() -> None:
+    """The reader would break the name's field; the header check refuses it first (it can
+    end within the first chunk only where the chunk is set larger than the limit)."""
+    data = b'email,"no\ntes"\na@x.io,1\n'
+    assert read_header(data).columns == ["email", "no\ntes"]
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(csvimport, "QUOTED_FIELD_LIMIT", 5)
+        with pytest.raises(HeaderError, match="never closed"):
+            read_header(data)
 
 
 def test_a_field_over_csv_s_own_limit_is_an_error_row_not_a_crash() -> None:

@@ -70,7 +70,7 @@ async def _file_rows(
 ) -> AsyncIterator[tuple[Header, list[Parsed], bool]]:
     """The stored file's rows, a chunk's worth at a time, with the file's header: simple
     blocks of them read and validated by Arrow (csvcolumns: Columns), the others one by one;
-    and, with the last rows, whether the file ends inside a quoted field."""
+    and, with the last rows, whether a quote in it never closed (CsvReader)."""
     first = await queries.read_chunk(conn, job.id, 0) or b""
     reader = CsvReader(read_header(first), simple=True)
     # a chunk is parsed in a thread (Arrow lets go of the GIL) while the one before is taken,
@@ -84,7 +84,7 @@ async def _file_rows(
             chunk = await queries.read_chunk(conn, job.id, seq)
             if chunk is None:
                 rows += await asyncio.to_thread(_validated, reader.header, reader.finish())
-                yield reader.header, rows, reader.ends_in_quotes
+                yield reader.header, rows, reader.quote_never_closed
                 return
             parsing = asyncio.ensure_future(asyncio.to_thread(_fed, reader, chunk))
             yield reader.header, rows, False
@@ -212,7 +212,7 @@ class _Batch:
     # once its unique rows are merged (_merge_unique): those to join, and whether all were new
     merged: list[tuple[str, int, str]] | None = None
     none_existed: bool = True
-    cut_short: bool = False  # the file's last batch, and the file ends inside a quoted field
+    cut_short: bool = False  # the file's last batch, and a quote in the file never closed
 
 
 class _ParsingEnded(Exception):
@@ -238,7 +238,7 @@ class _Parser:
     errors_kept: int = 0
     position: int = 0  # rows parsed so far
     failed: BaseException | None = None  # why parsing ended early, once a batch met it
-    ends_in_quotes: bool = False  # the file does (known with its last rows)
+    quote_never_closed: bool = False  # in the file (known with its last rows)
     filling: _Batch = field(init=False)  # the batch being filled
 
     def __post_init__(self) -> None:
@@ -254,8 +254,8 @@ class _Parser:
 
     async def _parse(self, conn: Connection) -> bool:
         """Whether the file had its every row (its last batch is delivered)."""
-        async for header, rows, ends_in_quotes in _file_rows(conn, self.job):
-            self.ends_in_quotes = ends_in_quotes
+        async for header, rows, quote_never_closed in _file_rows(conn, self.job):
+            self.quote_never_closed = quote_never_closed
             for batch in await self._take(header, rows):
                 await self.ready.put(batch)
                 if batch.upto == self.repeats.total:
@@ -321,9 +321,9 @@ class _Parser:
 
     async def _complete(self, batch: _Batch, done: list[_Batch]) -> _Batch:
         """The batch is parsed: its held rows set apart (in a thread), it is done; the next."""
-        # a file that ends inside a quoted field: cut short there, maybe, and who was after
-        # the cut is not known (whatever the rest of its last row is, blank even)
-        batch.cut_short = batch.upto == self.repeats.total and self.ends_in_quotes
+        # a file with a quote that never closed: cut short inside a quoted field, maybe, or
+        # a stray quote took in lines of other rows: who else is in the file is not known
+        batch.cut_short = batch.upto == self.repeats.total and self.quote_never_closed
         await asyncio.to_thread(self._hold, batch)
         done.append(batch)
         self.filling = self._next(batch.upto, self.repeats.total)
