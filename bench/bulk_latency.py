@@ -346,6 +346,10 @@ async def arq_baseline(cfg: Config, rounds: int) -> list[float]:
             if i >= ARQ_WARMUP:
                 samples.append(1000 * (time.perf_counter() - start))
     finally:
+        # the last job's task may still be storing what it did after its result was seen:
+        # closed meanwhile, arq's close raised its CancelledError (one run in several)
+        if worker.tasks:
+            await asyncio.wait(list(worker.tasks.values()), timeout=5)
         await worker.close()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
