@@ -467,16 +467,18 @@ class CsvReader:
         block's end; a carriage return alone before the quote ends a record too)."""
         # invalid UTF-8 and NUL characters are rare: rows are looked at only if the block has any
         suspect, nul = _has_surrogates(block), "\x00" in block
-        records: Iterable[list[str]]
-        records = csv.reader(io.StringIO(block, newline=""), delimiter=self.header.delimiter)
-        if unterminated:
-            records = list(records)  # (the piece is at most a quoted field's limit long)
+        reader = csv.reader(io.StringIO(block, newline=""), delimiter=self.header.delimiter)
+        records: Iterable[list[str]] = reader
+        last = -1  # the index of the record a quote never closed in
+        if unterminated:  # (the piece is at most a quoted field's limit long)
+            records = listed = list(reader)
+            last = len(listed) - 1
         for index, values in enumerate(records):
             if not self._header_skipped:
                 self._header_skipped = True
                 continue
             self._number += 1
-            broken = unterminated and index == len(records) - 1  # type: ignore[arg-type]
+            broken = index == last
             if not broken and not "".join(values).strip():  # a blank line
                 continue
             row = ParsedRow(self._number, values, unterminated=broken)
