@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 from aiohttp import FormData
 
+from listmill import csvimport
 from listmill.csvimport import CsvReader, read_header
 from listmill.keyhash import key_hashes, legacy_key_hashes
 from listmill.settings import Settings
@@ -779,6 +780,26 @@ async def test_a_mirror_import_of_a_broken_file_unsubscribes_nobody(
     job = await run_import(api, run_jobs, whole, list_id=list_id, mode="mirror")
     assert job["counts"]["unsubscribed"] == 8, job
     assert await db.fetchval(subscribed) == 2
+
+
+async def test_a_mirror_import_whose_quote_breaks_mid_file_unsubscribes_nobody(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stray quote that does not close within the limit, mid-file, in a file that ends as
+    any other: the rows after it are read, but a line of the quote's row may have been
+    another row's, and who else is in the file is not known."""
+    _, made = await api.post("/lists", {"name": "Mirror"})
+    list_id = made["data"]["id"]
+    members = b"email\n" + b"".join(b"u%d@example.com\n" % i for i in range(10))
+    await run_import(api, run_jobs, members, list_id=list_id)
+    monkeypatch.setattr(csvimport, "QUOTED_FIELD_LIMIT", 30)
+    broken = b'email,first_name\nu0@example.com,"A\nu1@example.com,B\n' + b"x,y\n" * 20
+    job = await run_import(api, run_jobs, broken, list_id=list_id, mode="mirror")
+    assert job["status"] == "succeeded" and "unsubscribed" not in job["counts"], job
+    _, errors = await api.get(f"/jobs/{job['id']}/errors")
+    assert errors["data"][0]["code"] == "unterminated_quote"
+    subscribed = "SELECT count(*) FROM list_memberships WHERE status = 'subscribed'"
+    assert await db.fetchval(subscribed) == 10
 
 
 def _repeats_file() -> bytes:
