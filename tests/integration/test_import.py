@@ -169,7 +169,7 @@ async def test_a_file_in_a_declared_charset_is_read_as_that_charset(
             )  # fmt: skip
         assert response.status == 202, await response.text()
         ids.append((await response.json())["data"]["id"])
-    await run_jobs()
+        await run_jobs()  # one after the other: run together, either may create the contacts
     first, second = [await wait_for_job(api, job_id) for job_id in ids]
     assert first["counts"] == {"created": 2, "invalid": 1}, first
     assert second["counts"] == {"unchanged": 2, "invalid": 1}, second
