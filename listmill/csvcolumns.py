@@ -25,7 +25,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from listmill.keyhash import text_hashes
-from listmill.validation import MAX_EMAIL_LENGTH, MAX_FIELD_LENGTH, MAX_LOCAL_PART, SPECIAL_TLDS
+from listmill.validation import (
+    INVISIBLE,
+    MAX_EMAIL_LENGTH,
+    MAX_FIELD_LENGTH,
+    MAX_LOCAL_PART,
+    SPECIAL_TLDS,
+)
 
 CONTACT_FIELDS = ("first_name", "last_name", "country", "time_zone")
 
@@ -80,10 +86,11 @@ _give_memory_back()
 @cache
 def _refused(delimiter: str) -> re.Pattern[str]:
     """A character that makes a block go row by row: a control character but the line ends
-    (and the tab unless it is the delimiter), other whitespace, or a lone surrogate (bytes that
-    were not UTF-8)."""
+    (and the tab unless it is the delimiter), other whitespace, a character an email is
+    trimmed of besides (validation.INVISIBLE), or a lone surrogate (bytes that were not
+    UTF-8)."""
     tab = "" if delimiter == "\t" else "\t"
-    return re.compile(f"[\x00-\x08\x0e-\x1f{tab}{_OTHER_WHITESPACE}\ud800-\udfff]")
+    return re.compile(f"[\x00-\x08\x0e-\x1f{tab}{_OTHER_WHITESPACE}{INVISIBLE}\ud800-\udfff]")
 
 
 @cache

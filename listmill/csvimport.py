@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from listmill.validation import MAX_DATA_KEYS, MAX_FIELD_LENGTH, normalize_email
+from listmill.validation import MAX_DATA_KEYS, MAX_FIELD_LENGTH, normalize_email, trim_email
 
 if TYPE_CHECKING:
     from listmill.csvcolumns import Block
@@ -527,7 +527,7 @@ def email_key(header: Header, row: ParsedRow) -> str:
     """What the row's email becomes once normalised, if it is valid (see normalize_email):
     two rows of one person have the same key, whatever else is wrong with either."""
     index = header.email_index
-    return row.values[index].strip().lower() if index < len(row.values) else ""
+    return trim_email(row.values[index]).lower() if index < len(row.values) else ""
 
 
 def contact_from_row(header: Header, row: ParsedRow) -> dict[str, Any] | RowError:

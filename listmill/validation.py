@@ -73,9 +73,25 @@ def _common_shape(email: str) -> bool:
     return len(local) <= MAX_LOCAL_PART and "--" not in domain and tld not in SPECIAL_TLDS
 
 
+# characters that show nothing, around an email copied from a web page (zero-width spaces
+# and joiners, the word joiner) or after two exports were joined (the second one's BOM)
+INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+_AROUND = re.compile(f"^[\\s{INVISIBLE}]+|[\\s{INVISIBLE}]+$")
+
+
+def trim_email(raw: str) -> str:
+    """The email without the whitespace (as str.strip() has it) and invisible characters
+    around it."""
+    trimmed = raw.strip()
+    if trimmed and (trimmed[0] in INVISIBLE or trimmed[-1] in INVISIBLE):
+        return _AROUND.sub("", trimmed)
+    return trimmed
+
+
 def normalize_email(raw: str) -> tuple[str, str]:
-    """The email as given (trimmed) and its identity (lower-cased); raises ValueError."""
-    email = raw.strip()
+    """The email as given (trimmed: trim_email) and its identity (lower-cased); raises
+    ValueError."""
+    email = trim_email(raw)
     if not email:
         raise ValueError("email is required")
     if len(email) > MAX_EMAIL_LENGTH:

@@ -700,6 +700,23 @@ async def test_nasty_file_every_row_accounted_for_with_its_spreadsheet_row_numbe
     ]  # fmt: skip
 
 
+async def test_an_email_is_imported_without_the_invisible_characters_around_it(
+    api: Api, run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    """Two exports joined into one (the second's BOM before its first row), zero-width
+    spaces and joiners copied from a web page: as the API has it (validation.trim_email)."""
+    data = (
+        "email,first_name\nann@example.com,Ann\n\ufeffbo@example.com,Bo\n"
+        "cy@example.com\u200b,Cy\n\u200b \u2060Dee@example.com\u200d,Dee\nANN@example.com\u200b,A\n"
+    ).encode()
+    job = await run_import(api, run_jobs, data)
+    assert job["counts"] == {"created": 4, "duplicate": 1}, job
+    emails = [r[0] for r in await db.fetch("SELECT email FROM contacts ORDER BY email_normalized")]
+    assert emails == ["ANN@example.com", "bo@example.com", "cy@example.com", "Dee@example.com"]
+    status, made = await api.post("/contacts", {"email": "\u200beve@example.com\ufeff"})
+    assert status == 201 and made["data"]["email"] == "eve@example.com", made
+
+
 async def test_a_stray_quote_is_one_error_row_in_a_file_past_the_quoted_field_limit(
     api: Api, run_jobs: RunJobs, db: asyncpg.Connection
 ) -> None:

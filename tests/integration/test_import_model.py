@@ -52,8 +52,11 @@ def has_surrogate(value: str) -> bool:
 
 
 def model_email(raw: str) -> str | None:
-    """The trimmed email if SPEC's rules accept it, else None."""
-    email = raw.strip()
+    """The trimmed email if SPEC's rules accept it, else None: trimmed of whitespace and of
+    the invisible characters README names (zero-width spaces and joiners, word joiner, BOM)."""
+    email = re.sub(
+        r"^[\s\u200b\u200c\u200d\u2060\ufeff]+|[\s\u200b\u200c\u200d\u2060\ufeff]+$", "", raw
+    )
     if not email or len(email) > 254 or "\x00" in email or has_surrogate(email):
         return None
     try:

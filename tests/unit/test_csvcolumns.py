@@ -172,6 +172,10 @@ def test_fast_path_gives_the_rows_row_by_row_gives(seed: int) -> None:
         b"\xef\xbb\xbfemail;Vorname\nann@example.com;\xc3\x84nn\n\nbad;X\n",
         b'email\tx\nann@example.com\tA\n"\t"\t""\nbob@example.com\tB\n',  # a blank line
         b'email\tx\r\n" \t "\t\r\nann@example.com\tA\r\n',
+        (  # what an email is trimmed of besides whitespace
+            "email,first_name\nann@example.com,Ann\n\ufeffbo@example.com,B\u200bo\n"
+            "cy@example.com\u200b,Cy\n\u200b \u2060dee@example.com\u200d,D\n"
+        ).encode(),
     ],
 )
 def test_odd_headers_and_blank_lines_read_as_csv_reads_them(data: bytes) -> None:

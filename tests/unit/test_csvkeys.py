@@ -110,6 +110,10 @@ ODD = [
     b'mail\t\n"\t"\t""\n',
     b'"mail"\t""\t""\t\n"\t"\t""\t""\t""\n',
     b'email\tname\n"a@b.cd\t"\t"x"\n"c@d.ef"\t"C"\n',
+    (  # what an email is trimmed of besides whitespace
+        "email,first_name\nann@example.com,Ann\n\ufeffbo@example.com,B\u200bo\n"
+        "cy@example.com\u200b,Cy\n\u200b \u2060dee@example.com\u200d,D\n"
+    ).encode(),
 ]
 
 

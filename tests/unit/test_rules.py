@@ -29,6 +29,16 @@ def test_email_is_trimmed_and_its_identity_lower_cased() -> None:
     )
 
 
+def test_email_is_trimmed_of_invisible_characters_around_it() -> None:
+    """A zero-width space copied with it, or the BOM of a second export joined to a first."""
+    assert normalize_email("\ufeffBo@example.com") == ("Bo@example.com", "bo@example.com")
+    assert normalize_email(" \u200b\u00a0ann@example.com\u2060 \u200d")[0] == "ann@example.com"
+    with pytest.raises(ValueError):
+        normalize_email("ann\u200b@example.com")  # inside it, it is part of it
+    with pytest.raises(ValueError):
+        normalize_email("\u200b\ufeff")
+
+
 @pytest.mark.parametrize(
     "bad",
     ["", "   ", "no-at-sign", "a@", "@b.com", "a b@c.com", "x@" + "a" * 250 + ".com", "a\x00@b.co"],
