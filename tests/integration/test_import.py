@@ -49,6 +49,14 @@ async def run_import(api: Api, run_jobs: RunJobs, data: bytes, **options: Any) -
     return await wait_for_job(api, body["data"]["id"])
 
 
+async def mirrored_list(api: Api, run_jobs: RunJobs, prefix: str, count: int) -> int:
+    """A list whose members are {prefix}0@example.com, … (imported): a mirror test's list."""
+    _, made = await api.post("/lists", {"name": "Mirror"})
+    members = "email\n" + "".join(f"{prefix}{i}@example.com\n" for i in range(count))
+    await run_import(api, run_jobs, members.encode(), list_id=made["data"]["id"])
+    return int(made["data"]["id"])
+
+
 CORPUS = (
     b"\xef\xbb\xbfEmail Address;First Name;Last Name;Plan;Company\r\n"
     b'ann@example.com;Ann;Lee;pro;"Acme; Inc"\r\n'
@@ -741,10 +749,7 @@ async def test_a_stray_quote_is_one_error_row_in_a_file_past_the_quoted_field_li
 async def test_mirror_keeps_members_whose_row_is_invalid_for_another_reason_than_the_email(
     api: Api, run_jobs: RunJobs, db: asyncpg.Connection
 ) -> None:
-    _, made = await api.post("/lists", {"name": "Mirror"})
-    list_id = made["data"]["id"]
-    first = b"email\n" + b"".join(b"m%d@example.com\n" % i for i in range(5))
-    await run_import(api, run_jobs, first, list_id=list_id)
+    list_id = await mirrored_list(api, run_jobs, "m", 5)
     # an Excel export in Latin-1, an over-long field, a NUL byte: the row is an error row,
     # but its person is in the file and stays a member (a quote never closed: see below)
     second = (
@@ -772,10 +777,7 @@ async def test_a_mirror_import_of_a_broken_file_unsubscribes_nobody(
     """A file that ends inside a quoted field (cut short inside it, maybe, or a quote never
     closed: the lines after it are read as rows, but who else was in the file is not known),
     or a file in which no row names a valid email: no member is unsubscribed."""
-    _, made = await api.post("/lists", {"name": "Mirror"})
-    list_id = made["data"]["id"]
-    members = b"email\n" + b"".join(b"u%d@example.com\n" % i for i in range(10))
-    await run_import(api, run_jobs, members, list_id=list_id)
+    list_id = await mirrored_list(api, run_jobs, "u", 10)
     swallowed = b'email,first_name\nu0@example.com,A\nu2@example.com,"U2\nu3@example.com,B\n'
     latin1 = swallowed.replace(b"B\n", b"Jos\xe9\nu4@example.com,B\n")  # not UTF-8 in it too
     no_email = b"email,first_name\nnot-an-email,A\n,B\n"
@@ -805,10 +807,7 @@ async def test_a_mirror_import_whose_quote_breaks_mid_file_unsubscribes_nobody(
     """A stray quote that does not close within the limit, mid-file, in a file that ends as
     any other: the rows after it are read, but a line of the quote's row may have been
     another row's, and who else is in the file is not known."""
-    _, made = await api.post("/lists", {"name": "Mirror"})
-    list_id = made["data"]["id"]
-    members = b"email\n" + b"".join(b"u%d@example.com\n" % i for i in range(10))
-    await run_import(api, run_jobs, members, list_id=list_id)
+    list_id = await mirrored_list(api, run_jobs, "u", 10)
     monkeypatch.setattr(csvimport, "QUOTED_FIELD_LIMIT", 30)
     broken = b'email,first_name\nu0@example.com,"A\nu1@example.com,B\n' + b"x,y\n" * 20
     job = await run_import(api, run_jobs, broken, list_id=list_id, mode="mirror")

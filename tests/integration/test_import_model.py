@@ -21,7 +21,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from listmill.settings import Settings
 from tests.conftest import Api, RunJobs, wait_for_job
-from tests.integration.test_import import upload
+from tests.integration.test_import import mirrored_list, upload
 
 # --------------------------------------------------------------------------------------------
 # the independent model
@@ -1044,10 +1044,7 @@ async def test_nasty_rows_over_existing_contacts(
 async def test_mirror_with_a_nasty_file(
     api: Api, run_jobs: RunJobs, db: asyncpg.Connection
 ) -> None:
-    _, made = await api.post("/lists", {"name": "M"})
-    list_id = made["data"]["id"]
-    members = b"email\n" + b"".join(b"m%d@example.com\n" % i for i in range(8))
-    await run_import_ok(api, run_jobs, members, list_id=list_id)
+    list_id = await mirrored_list(api, run_jobs, "m", 8)
     data = (
         b"email;first_name;Note\n"
         b'" M0@EXAMPLE.COM ";A;x\n'  # quoted, padded, other case: in the file
