@@ -131,9 +131,10 @@ def parse_query(request: web.Request, model: type[M]) -> M:
 
 
 def path_id(request: web.Request, name: str = "id") -> int:
-    """A numeric path id; ids out of range are simply not found."""
+    """A numeric path id; ids out of range are simply not found, and so is any other digit
+    than 0-9 (str.isdigit() takes "¹", which int() refuses, and "٣", which it reads as 3)."""
     raw = request.match_info[name]
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= MAX_ID:
         raise NotFound()
     return int(raw)
 
