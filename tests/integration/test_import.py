@@ -41,12 +41,14 @@ async def upload(
     return response.status, await response.json()
 
 
-async def run_import(api: Api, run_jobs: RunJobs, data: bytes, **options: Any) -> dict[str, Any]:
+async def run_import(
+    api: Api, run_jobs: RunJobs, data: bytes, *, timeout: float = 30, **options: Any
+) -> dict[str, Any]:
     status, body = await upload(api, data, **options)
     assert status == 202, body
     assert body["data"]["lane"] == "large" and body["data"]["kind"] == "import"
     await run_jobs()
-    return await wait_for_job(api, body["data"]["id"])
+    return await wait_for_job(api, body["data"]["id"], timeout)
 
 
 async def mirrored_list(api: Api, run_jobs: RunJobs, prefix: str, count: int) -> int:

@@ -21,7 +21,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from listmill.settings import Settings
 from tests.conftest import Api, RunJobs, wait_for_job
-from tests.integration.test_import import mirrored_list, upload
+from tests.integration.test_import import mirrored_list, run_import, upload
 
 # --------------------------------------------------------------------------------------------
 # the independent model
@@ -257,10 +257,7 @@ async def check_file(
 ) -> tuple[dict[str, Any], list[str]]:
     """Import ``data``, compare with the model; returns the job and a list of differences."""
     expected = model(data)
-    status, body = await upload(api, data, multipart=multipart)
-    assert status == 202, body
-    await run_jobs()
-    job = await wait_for_job(api, body["data"]["id"], timeout=120)
+    job = await run_import(api, run_jobs, data, multipart=multipart, timeout=120)
     problems = job_problems(job, expected)
     problems += contact_problems(await stored_contacts(db), expected.contacts)
     errors = await errors_of(api, job["id"])
@@ -853,29 +850,20 @@ async def test_generated_file_then_reimported_then_changed(
     data = generated_file(seed)
     first = model(data)
     # a dry run first: the same counts, nothing written
-    status, body = await upload(api, data, dry_run=True)
-    assert status == 202, body
-    await run_jobs()
-    dry = await wait_for_job(api, body["data"]["id"], timeout=120)
+    dry = await run_import(api, run_jobs, data, dry_run=True, timeout=120)
     assert dry["counts"] == first.counts, (dry["counts"], first.counts)
     assert await db.fetchval("SELECT count(*) FROM contacts") == 0
     _, problems = await check_file(api, run_jobs, db, data, multipart=seed % 2 == 0)
     assert_clean(problems)
     before = await stored_contacts(db)
     # the same file again: nothing changes
-    status, body = await upload(api, data)
-    assert status == 202, body
-    await run_jobs()
-    job = await wait_for_job(api, body["data"]["id"], timeout=120)
+    job = await run_import(api, run_jobs, data, timeout=120)
     assert job["counts"] == changed_counts(before, first), job["counts"]
     assert await stored_contacts(db) == before
     # a changed file
     changed = mutate(data, seed)
     file = model(changed)
-    status, body = await upload(api, changed)
-    assert status == 202, body
-    await run_jobs()
-    job = await wait_for_job(api, body["data"]["id"], timeout=120)
+    job = await run_import(api, run_jobs, changed, timeout=120)
     want = merged(before, file)
     got = await stored_contacts(db)
     diffs = [
@@ -1033,10 +1021,7 @@ async def test_nasty_rows_over_existing_contacts(
         + b"\nnew@example.com,N,x\n"
     )
     file = model(data)
-    status, body = await upload(api, data)
-    assert status == 202
-    await run_jobs()
-    job = await wait_for_job(api, body["data"]["id"])
+    job = await run_import(api, run_jobs, data)
     assert job["counts"] == changed_counts(before, file), job["counts"]
     assert await stored_contacts(db) == merged(before, file)
 
@@ -1069,10 +1054,7 @@ async def test_mirror_with_a_nasty_file(
 
 
 async def run_import_ok(api: Api, run_jobs: RunJobs, data: bytes, **options: Any) -> dict[str, Any]:
-    status, body = await upload(api, data, **options)
-    assert status == 202, body
-    await run_jobs()
-    job = await wait_for_job(api, body["data"]["id"])
+    job = await run_import(api, run_jobs, data, **options)
     assert job["status"] == "succeeded", job
     return job
 
